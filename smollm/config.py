@@ -1,0 +1,192 @@
+"""Model configuration: the SmolLM family as data. Pure Python, no torch.
+
+Every architectural difference between v1, v2 and SmolLM2 is one literal field here; presets are
+derived from the SmolLM2-135M baseline with `dataclasses.replace`, so each ablation shows its
+difference in one line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, fields, replace
+from typing import Any, Literal
+
+PosEmbedding = Literal["rope", "learned"]
+Norm = Literal["rmsnorm", "layernorm"]
+Mlp = Literal["swiglu", "plain"]
+Activation = Literal["silu", "gelu", "relu"]
+
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "pos_embedding": ("rope", "learned"),
+    "norm": ("rmsnorm", "layernorm"),
+    "mlp": ("swiglu", "plain"),
+    "activation": ("silu", "gelu", "relu"),
+}
+
+
+class SmolError(Exception):
+    """An error caused by the user's input; the CLI prints its message as one line, no traceback."""
+
+
+class ConfigError(SmolError, ValueError):
+    """A configuration that cannot be built; the message names the problem."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Shape and architectural switches of one model of the family."""
+
+    vocab_size: int = 49152
+    dim: int = 576
+    n_layers: int = 30
+    n_heads: int = 9
+    n_kv_heads: int = 3  # n_heads: MHA, 1: MQA, in between: GQA
+    intermediate_size: int = 1536
+    max_seq_len: int = 8192  # context length; also the size of the learned position table
+    pos_embedding: PosEmbedding = "rope"
+    norm: Norm = "rmsnorm"
+    mlp: Mlp = "swiglu"
+    activation: Activation = "silu"  # gate activation for swiglu, hidden activation for plain
+    bias: bool = False  # biases on every attention and MLP projection
+    tie_embeddings: bool = True
+    dropout: float = 0.0
+    rope_theta: float = 100000.0
+    norm_eps: float = 1e-5
+    init_std: float = 0.02
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_heads
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the first impossible field."""
+        for name, choices in _CHOICES.items():
+            if getattr(self, name) not in choices:
+                raise ConfigError(
+                    f"model.{name}={getattr(self, name)!r}: choose one of {', '.join(choices)}"
+                )
+        for name in (
+            "vocab_size",
+            "dim",
+            "n_layers",
+            "n_heads",
+            "n_kv_heads",
+            "intermediate_size",
+            "max_seq_len",
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"model.{name}={value!r}: must be a positive integer")
+        if self.dim % self.n_heads:
+            raise ConfigError(
+                f"model.dim={self.dim} is not divisible by model.n_heads={self.n_heads}"
+            )
+        if self.n_heads % self.n_kv_heads:
+            raise ConfigError(
+                f"model.n_heads={self.n_heads} is not a multiple of model.n_kv_heads={self.n_kv_heads}"
+            )
+        if self.pos_embedding == "rope" and self.head_dim % 2:
+            raise ConfigError(f"RoPE needs an even head dim, got dim/n_heads = {self.head_dim}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"model.dropout={self.dropout}: must be in [0, 1)")
+        for name in ("rope_theta", "norm_eps", "init_std"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"model.{name}={getattr(self, name)}: must be > 0")
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> ModelConfig:
+        """A named preset, with keyword overrides of any field (e.g. dim=128 to shrink it)."""
+        key = PRESET_ALIASES.get(name, name)
+        if key not in PRESETS:
+            valid = ", ".join(sorted([*PRESETS, *PRESET_ALIASES]))
+            raise ConfigError(f"unknown model preset {name!r}; valid presets: {valid}")
+        unknown = set(overrides) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ConfigError(f"unknown ModelConfig field(s): {', '.join(sorted(unknown))}")
+        return replace(PRESETS[key], **overrides)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        unknown = set(data) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ConfigError(f"unknown ModelConfig field(s): {', '.join(sorted(unknown))}")
+        return cls(**data)
+
+    def llama_incompatibility(self) -> str | None:
+        """Why HF `LlamaForCausalLM` cannot express this config, or None if it can."""
+        reasons = []
+        if self.pos_embedding != "rope":
+            reasons.append("learned position embeddings")
+        if self.norm != "rmsnorm":
+            reasons.append("LayerNorm")
+        if self.mlp != "swiglu":
+            reasons.append("a plain (non-gated) MLP")
+        if self.activation != "silu":
+            reasons.append(f"activation {self.activation}")
+        return ", ".join(reasons) or None
+
+
+def param_count(cfg: ModelConfig, non_embedding: bool = False) -> int:
+    """Exact parameter count, computed from the shapes (the model's numel must agree)."""
+    d, kv = cfg.dim, cfg.n_kv_heads * cfg.head_dim
+    b = int(cfg.bias)
+    norm = d * (2 if cfg.norm == "layernorm" else 1)
+    attn = d * (d + 2 * kv) + b * (d + 2 * kv) + d * d + b * d
+    n_in = 2 if cfg.mlp == "swiglu" else 1
+    mlp = (
+        n_in * (d * cfg.intermediate_size + b * cfg.intermediate_size)
+        + cfg.intermediate_size * d
+        + b * d
+    )
+    body = cfg.n_layers * (attn + mlp + 2 * norm) + norm
+    if non_embedding:
+        return body
+    embed = cfg.vocab_size * d
+    pos = cfg.max_seq_len * d if cfg.pos_embedding == "learned" else 0
+    head = 0 if cfg.tie_embeddings else cfg.vocab_size * d
+    return body + embed + pos + head
+
+
+def flops_per_token(cfg: ModelConfig, seq_len: int) -> int:
+    """Training FLOPs per token (forward + backward = 3x forward), matmuls incl. attention scores.
+
+    6 * (non-embedding params + lm_head) + 12 * n_layers * dim * seq_len, as in the PaLM/Chinchilla
+    accounting; the input embedding lookup costs no matmul FLOPs.
+    """
+    dense = param_count(cfg, non_embedding=True) + cfg.vocab_size * cfg.dim
+    return 6 * dense + 12 * cfg.n_layers * cfg.dim * seq_len
+
+
+SMOLLM2_135M = ModelConfig()
+
+PRESETS: dict[str, ModelConfig] = {
+    "smollm2-135m": SMOLLM2_135M,
+    # The researcher's v2: RMSNorm, SwiGLU, GQA, tying, but learned positions (1024).
+    "v2": replace(SMOLLM2_135M, pos_embedding="learned", max_seq_len=1024),
+    # The researcher's v1: GPT-2-like block at the SmolLM2 shape.
+    "v1": replace(
+        SMOLLM2_135M,
+        pos_embedding="learned",
+        max_seq_len=1024,
+        norm="layernorm",
+        mlp="plain",
+        n_kv_heads=9,
+        bias=True,
+        tie_embeddings=False,
+        dropout=0.1,
+    ),
+    # Single-factor ablations of the full model: each changes exactly one switch.
+    "full-learned-pos": replace(SMOLLM2_135M, pos_embedding="learned"),
+    "full-layernorm": replace(SMOLLM2_135M, norm="layernorm"),
+    "full-plain-mlp": replace(SMOLLM2_135M, mlp="plain"),
+    "full-mha": replace(SMOLLM2_135M, n_kv_heads=9),
+    "full-mqa": replace(SMOLLM2_135M, n_kv_heads=1),
+    "full-untied": replace(SMOLLM2_135M, tie_embeddings=False),
+}
+PRESET_ALIASES: dict[str, str] = {"full": "smollm2-135m"}

@@ -1,0 +1,252 @@
+"""Weights in and out: HF Llama directories, Hub ids and GGUF files <-> `SmolLM`.
+
+Llama-shaped variants map key for key onto `LlamaForCausalLM`; GGUF tensors are renamed and
+llama.cpp's q/k row permutation is undone, so the same file gives the same model as
+`transformers`' own GGUF loader.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from smollm import assets
+from smollm.config import ConfigError, ModelConfig, SmolError
+from smollm.model import SmolLM
+
+
+class WeightsError(SmolError):
+    """Weights that cannot be loaded or exported; the message names the problem."""
+
+
+# ---------------------------------------------------------------------------- HF config <-> ours
+
+
+def to_llama_config(cfg: ModelConfig) -> dict[str, Any]:
+    """The `config.json` of an equivalent `LlamaForCausalLM`; an error for variants Llama lacks."""
+    why = cfg.llama_incompatibility()
+    if why:
+        raise WeightsError(
+            f"LlamaForCausalLM cannot express this variant ({why}); only RoPE + RMSNorm + SwiGLU (SiLU) models export to HF format"
+        )
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.dim,
+        "intermediate_size": cfg.intermediate_size,
+        "num_hidden_layers": cfg.n_layers,
+        "num_attention_heads": cfg.n_heads,
+        "num_key_value_heads": cfg.n_kv_heads,
+        "head_dim": cfg.head_dim,
+        "hidden_act": "silu",
+        "max_position_embeddings": cfg.max_seq_len,
+        "rms_norm_eps": cfg.norm_eps,
+        "rope_theta": cfg.rope_theta,
+        "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
+        "attention_bias": cfg.bias,
+        "mlp_bias": cfg.bias,
+        "attention_dropout": 0.0,
+        "tie_word_embeddings": cfg.tie_embeddings,
+        "initializer_range": cfg.init_std,
+        "bos_token_id": 0,
+        "eos_token_id": 0,
+        "torch_dtype": "float32",
+        "smollm_config": cfg.to_dict(),  # exact round trip of fields Llama has no slot for
+    }
+
+
+def from_llama_config(hf: dict[str, Any]) -> ModelConfig:
+    """Our config from an HF Llama `config.json` (or ours, if it carries `smollm_config`)."""
+    if "smollm_config" in hf:
+        return ModelConfig.from_dict(hf["smollm_config"])
+    if hf.get("model_type") not in ("llama", None):
+        raise WeightsError(f"model_type {hf.get('model_type')!r} is not a Llama model")
+    rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+    if rope.get("rope_type", rope.get("type", "default")) != "default":
+        raise WeightsError(f"rope scaling {rope.get('rope_type')!r} is not supported")
+    if hf.get("hidden_act", "silu") != "silu":
+        raise WeightsError(f"hidden_act {hf['hidden_act']!r} is not supported (only silu)")
+    n_heads = hf["num_attention_heads"]
+    if hf.get("head_dim") not in (None, hf["hidden_size"] // n_heads):
+        raise WeightsError("head_dim != hidden_size / num_attention_heads is not supported")
+    return ModelConfig(
+        vocab_size=hf["vocab_size"],
+        dim=hf["hidden_size"],
+        n_layers=hf["num_hidden_layers"],
+        n_heads=n_heads,
+        n_kv_heads=hf.get("num_key_value_heads") or n_heads,
+        intermediate_size=hf["intermediate_size"],
+        max_seq_len=hf.get("max_position_embeddings", 2048),
+        bias=bool(hf.get("attention_bias", False)),
+        tie_embeddings=bool(hf.get("tie_word_embeddings", True)),
+        rope_theta=float(rope.get("rope_theta", hf.get("rope_theta", 10000.0))),
+        norm_eps=float(hf.get("rms_norm_eps", 1e-5)),
+        init_std=float(hf.get("initializer_range", 0.02)),
+    )
+
+
+# ---------------------------------------------------------------------------- GGUF
+
+_GGUF_NAMES = {
+    "token_embd": "model.embed_tokens",
+    "output_norm": "model.norm",
+    "output": "lm_head",
+    "attn_norm": "input_layernorm",
+    "ffn_norm": "post_attention_layernorm",
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+}
+
+
+def _unpermute(w: np.ndarray, n_heads: int) -> np.ndarray:
+    """Undo llama.cpp's q/k permutation (interleaved RoPE pairs -> HF rotate-half halves)."""
+    # (n_heads * hd, in) -> (n_heads, hd/2, 2, in) -> (n_heads, 2, hd/2, in)
+    half = w.shape[0] // n_heads // 2
+    return w.reshape(n_heads, half, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def _gguf_config(reader) -> ModelConfig:  # noqa: ANN001 - gguf.GGUFReader
+    def field(key: str):  # noqa: ANN202
+        if key not in reader.fields:
+            raise WeightsError(f"GGUF file lacks metadata {key!r}")
+        return reader.fields[key].contents()
+
+    arch = field("general.architecture")
+    if arch != "llama":
+        raise WeightsError(f"GGUF architecture {arch!r} is not supported (only llama)")
+    names = {t.name for t in reader.tensors}
+    return ModelConfig(
+        vocab_size=len(reader.fields["tokenizer.ggml.tokens"].data),
+        dim=int(field("llama.embedding_length")),
+        n_layers=int(field("llama.block_count")),
+        n_heads=int(field("llama.attention.head_count")),
+        n_kv_heads=int(field("llama.attention.head_count_kv")),
+        intermediate_size=int(field("llama.feed_forward_length")),
+        max_seq_len=int(field("llama.context_length")),
+        rope_theta=float(field("llama.rope.freq_base")),
+        norm_eps=float(field("llama.attention.layer_norm_rms_epsilon")),
+        tie_embeddings="output.weight" not in names,
+        bias="blk.0.attn_q.bias" in names,
+    )
+
+
+def read_gguf(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    """Config and dequantised fp32 state dict of a llama GGUF file (F32/F16/Q8_0/Q4_x...)."""
+    import gguf
+
+    try:
+        reader = gguf.GGUFReader(str(path))
+    except (ValueError, OSError) as e:
+        raise WeightsError(f"{path}: not a readable GGUF file ({e})") from None
+    cfg = _gguf_config(reader)
+    state: dict[str, torch.Tensor] = {}
+    for t in reader.tensors:
+        m = re.fullmatch(r"(?:blk\.(\d+)\.)?(\w+)\.(weight|bias)", t.name)
+        if not m or m.group(2) not in _GGUF_NAMES:
+            raise WeightsError(f"{path}: unexpected GGUF tensor {t.name!r}")
+        layer, base, kind = m.groups()
+        w = gguf.dequantize(t.data, t.tensor_type).astype(np.float32)  # (out, in) like torch
+        if base == "attn_q":
+            w = _unpermute(w, cfg.n_heads)
+        elif base == "attn_k":
+            w = _unpermute(w, cfg.n_kv_heads)
+        prefix = f"model.layers.{layer}." if layer is not None else ""
+        state[f"{prefix}{_GGUF_NAMES[base]}.{kind}"] = torch.from_numpy(np.ascontiguousarray(w))
+    return cfg, state
+
+
+# ---------------------------------------------------------------------------- load / save
+
+
+def load_state(model: SmolLM, state: dict[str, torch.Tensor], source: str) -> None:
+    """Copy a state dict into the model; the tied lm_head may be absent, nothing else may."""
+    state = {k: v for k, v in state.items() if not k.endswith("rotary_emb.inv_freq")}
+    if model.config.tie_embeddings:
+        state.pop("lm_head.weight", None)
+    result = model.load_state_dict(state, strict=False)
+    missing = [
+        k
+        for k in result.missing_keys
+        if not (k == "lm_head.weight" and model.config.tie_embeddings)
+    ]
+    if missing or result.unexpected_keys:
+        raise WeightsError(
+            f"{source}: weights do not match the config (missing: {missing[:5]}, unexpected: {result.unexpected_keys[:5]})"
+        )
+
+
+def _read_hf_dir(path: Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    from safetensors.torch import load_file
+
+    cfg = from_llama_config(json.loads((path / "config.json").read_text()))
+    files = sorted(path.glob("*.safetensors"))
+    if files:
+        state = {}
+        for f in files:
+            state.update(load_file(f))
+    elif (path / "pytorch_model.bin").is_file():
+        state = torch.load(path / "pytorch_model.bin", map_location="cpu", weights_only=True)
+    else:
+        raise WeightsError(f"{path}: no *.safetensors or pytorch_model.bin next to config.json")
+    return cfg, state
+
+
+def _resolve(src: str) -> Path:
+    path = Path(src).expanduser()
+    if path.exists():
+        return path
+    if re.fullmatch(r"[\w.-]+/[\w.-]+", src):
+        if not assets.hub_reachable():
+            raise WeightsError(
+                f"{src!r} is not a local path and the Hugging Face Hub is not reachable; pass a model dir or .gguf file"
+            )
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(src, allow_patterns=["*.json", "*.safetensors"]))
+    raise WeightsError(f"{src!r}: no such file or directory")
+
+
+def load_pretrained(
+    src: str | os.PathLike, dtype: torch.dtype = torch.float32, device: str = "cpu"
+) -> SmolLM:
+    """A model from an HF Llama dir, a Hub id or a .gguf file."""
+    path = _resolve(str(src))
+    if path.is_file() and path.suffix == ".gguf":
+        cfg, state = read_gguf(path)
+    elif path.is_dir() and (path / "config.json").is_file():
+        cfg, state = _read_hf_dir(path)
+    else:
+        raise WeightsError(f"{path}: expected a .gguf file, an HF model dir (config.json) ")
+    try:
+        model = SmolLM(cfg)
+    except ConfigError as e:
+        raise WeightsError(f"{path}: {e}") from None
+    load_state(model, state, str(path))
+    return model.to(device=device, dtype=dtype).eval()
+
+
+def save_pretrained(model: SmolLM, out_dir: str | os.PathLike) -> None:
+    """config.json + model.safetensors, loadable by `transformers.AutoModelForCausalLM`."""
+    from safetensors.torch import save_file
+
+    config = to_llama_config(model.config)  # raises before anything is written
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    if model.config.tie_embeddings:
+        state.pop("lm_head.weight")  # shared with model.embed_tokens.weight
+    config["torch_dtype"] = str(next(iter(state.values())).dtype).removeprefix("torch.")
+    save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")

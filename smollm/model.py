@@ -1,0 +1,348 @@
+"""The SmolLM model family: one decoder whose parts are chosen by `ModelConfig`.
+
+Module and parameter names follow HF `LlamaForCausalLM` (`model.embed_tokens`,
+`model.layers.N.self_attn.q_proj`, `mlp.gate_proj`, `input_layernorm`, `model.norm`, `lm_head`),
+so a SmolLM2 checkpoint loads key for key. Parts that only other variants have get their own names:
+`model.embed_positions` (learned positions), `*.bias` (linear biases, LayerNorm).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from smollm import generation
+from smollm.cache import KVCache
+from smollm.config import ModelConfig, param_count
+
+
+class Linear(nn.Linear):
+    """nn.Linear with a faster CPU path for one token (the decode step), same parameters and names.
+
+    A single-token fp32 product is a matrix-vector product that MKL runs on one core, bound by how
+    fast one core streams the weight. Viewing the weight's rows as `n_threads` blocks and running a
+    batched matmul spreads the stream over every core (≈1.6x decode on 2 cores, see
+    benchmarks/generate.py). bf16 goes through oneDNN, which already uses every core.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = torch.get_num_threads()
+        if (
+            x.numel() == self.in_features
+            and n > 1
+            and x.dtype == torch.float32
+            and x.device.type == "cpu"
+            and self.out_features % n == 0
+            and not torch.is_grad_enabled()
+        ):
+            # (n, 1, in) @ (n, in, out/n) -> (n, 1, out/n) -> (..., out)
+            w = self.weight.view(n, self.out_features // n, self.in_features).transpose(1, 2)
+            y = torch.bmm(x.reshape(1, 1, -1).expand(n, 1, -1), w).reshape(
+                *x.shape[:-1], self.out_features
+            )
+            return y if self.bias is None else y + self.bias
+        return super().forward(x)
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm computed in fp32, as HF Llama does (the weight multiplies after the cast back)."""
+
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x.to(dtype)
+
+
+def _layernorm(dim: int, eps: float) -> nn.Module:
+    return nn.LayerNorm(dim, eps=eps)
+
+
+ACTIVATIONS = {"silu": F.silu, "gelu": F.gelu, "relu": F.relu}
+
+
+class SwiGLU(nn.Module):
+    """down(act(gate(x)) * up(x))."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.gate_proj = Linear(cfg.dim, cfg.intermediate_size, bias=cfg.bias)
+        self.up_proj = Linear(cfg.dim, cfg.intermediate_size, bias=cfg.bias)
+        self.down_proj = Linear(cfg.intermediate_size, cfg.dim, bias=cfg.bias)
+        self.act = ACTIVATIONS[cfg.activation]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+
+
+class PlainMLP(nn.Module):
+    """down(act(up(x))): the GPT-2 style MLP of v1."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.up_proj = Linear(cfg.dim, cfg.intermediate_size, bias=cfg.bias)
+        self.down_proj = Linear(cfg.intermediate_size, cfg.dim, bias=cfg.bias)
+        self.act = ACTIVATIONS[cfg.activation]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act(self.up_proj(x)))
+
+
+# The one place where config literals become classes.
+NORMS = {"rmsnorm": RMSNorm, "layernorm": _layernorm}
+MLPS = {"swiglu": SwiGLU, "plain": PlainMLP}
+
+
+class RotaryEmbedding(nn.Module):
+    """Rotate-half RoPE with cos/sin tables kept in fp32 whatever dtype the model is cast to."""
+
+    def __init__(self, head_dim: int, max_seq_len: int, theta: float) -> None:
+        super().__init__()
+        self.head_dim, self.max_seq_len, self.theta = head_dim, max_seq_len, theta
+        self._build(torch.device("cpu"))
+
+    def _build(self, device: torch.device) -> None:
+        inv_freq = 1.0 / (
+            self.theta
+            ** (
+                torch.arange(0, self.head_dim, 2, dtype=torch.int64, device=device).float()
+                / self.head_dim
+            )
+        )
+        t = torch.arange(self.max_seq_len, device=device, dtype=torch.float32)
+        freqs = torch.outer(t, inv_freq)  # (max_seq_len, head_dim / 2)
+        emb = torch.cat((freqs, freqs), dim=-1)  # (max_seq_len, head_dim)
+        self.register_buffer("cos", emb.cos(), persistent=False)
+        self.register_buffer("sin", emb.sin(), persistent=False)
+
+    def _apply(self, fn, recurse=True):  # noqa: ANN001 - torch's signature
+        # .to(dtype) would round the tables to bf16; rebuild them in fp32 on the new device instead.
+        super()._apply(fn, recurse)
+        self._build(self.cos.device)
+        return self
+
+    def forward(self, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.cos[position_ids], self.sin[position_ids]  # (B, T, head_dim) each
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x (B, H, T, hd); cos/sin (B, T, hd) in fp32, cast to x's dtype as HF does."""
+    cos, sin = cos.unsqueeze(1).to(x.dtype), sin.unsqueeze(1).to(x.dtype)
+    return x * cos + rotate_half(x) * sin
+
+
+class Attention(nn.Module):
+    """Multi-head attention with n_kv_heads key/value heads (MHA, GQA or MQA), through SDPA."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        kv_dim = cfg.n_kv_heads * cfg.head_dim
+        self.q_proj = Linear(cfg.dim, cfg.dim, bias=cfg.bias)
+        self.k_proj = Linear(cfg.dim, kv_dim, bias=cfg.bias)
+        self.v_proj = Linear(cfg.dim, kv_dim, bias=cfg.bias)
+        self.o_proj = Linear(cfg.dim, cfg.dim, bias=cfg.bias)
+        self.dropout = cfg.dropout
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor] | None,
+        mask: torch.Tensor | None,
+        cache: KVCache | None,
+        layer: int,
+    ) -> torch.Tensor:
+        B, T, _ = x.shape
+        # (B, T, H*hd) -> (B, H, T, hd)
+        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        if rope is not None:
+            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+        if cache is not None:
+            k, v = cache.update(layer, k, v)  # (B, n_kv, S, hd) with S = cached + T
+        # A single new token attends to everything cached; a fresh prompt with no padding is causal.
+        is_causal = mask is None and T > 1
+        y = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=mask,
+            is_causal=is_causal,
+            dropout_p=self.dropout if self.training else 0.0,
+            enable_gqa=self.n_kv_heads != self.n_heads,
+        )
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))  # (B, T, dim)
+
+
+class DecoderLayer(nn.Module):
+    """Pre-norm block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, cfg: ModelConfig, index: int) -> None:
+        super().__init__()
+        self.index = index
+        self.input_layernorm = NORMS[cfg.norm](cfg.dim, cfg.norm_eps)
+        self.self_attn = Attention(cfg)
+        self.post_attention_layernorm = NORMS[cfg.norm](cfg.dim, cfg.norm_eps)
+        self.mlp = MLPS[cfg.mlp](cfg)
+        self.resid_dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x, rope, mask, cache):  # noqa: ANN001 - see Attention.forward
+        x = x + self.resid_dropout(
+            self.self_attn(self.input_layernorm(x), rope, mask, cache, self.index)
+        )
+        return x + self.resid_dropout(self.mlp(self.post_attention_layernorm(x)))
+
+
+class Backbone(nn.Module):
+    """Embeddings, decoder layers and the final norm (HF's `LlamaModel`, named `model`)."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.dim)
+        if cfg.pos_embedding == "learned":
+            self.embed_positions = nn.Embedding(cfg.max_seq_len, cfg.dim)
+        else:
+            self.rotary_emb = RotaryEmbedding(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.layers = nn.ModuleList(DecoderLayer(cfg, i) for i in range(cfg.n_layers))
+        self.norm = NORMS[cfg.norm](cfg.dim, cfg.norm_eps)
+
+    def forward(self, input_ids, position_ids, mask, cache):  # noqa: ANN001 - see SmolLM.forward
+        x = self.embed_tokens(input_ids)
+        rope = None
+        if hasattr(self, "embed_positions"):
+            x = x + self.embed_positions(position_ids)
+        else:
+            rope = self.rotary_emb(position_ids)
+        x = self.dropout(x)
+        for layer in self.layers:
+            x = layer(x, rope, mask, cache)
+        return self.norm(x)
+
+
+class SmolLM(nn.Module):
+    """A decoder-only language model of the SmolLM family."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.model = Backbone(config)
+        self.lm_head = Linear(config.dim, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+        self.apply(self._init_weights)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        std = self.config.init_std
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, 0.0, std)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+        if isinstance(module, DecoderLayer):
+            # GPT-2: projections that write into the residual stream start smaller, 1/sqrt(2 * n_layers).
+            for proj in (module.self_attn.o_proj, module.mlp.down_proj):
+                nn.init.normal_(proj.weight, 0.0, std / math.sqrt(2 * self.config.n_layers))
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        last_only: bool = False,
+    ) -> torch.Tensor:
+        """Logits (B, T, vocab), or (B, 1, vocab) with `last_only`.
+
+        attention_mask: (B, S) with 1 for real tokens and 0 for (left) padding, covering the cached
+        positions and the new ones; None means no padding.
+        """
+        B, T = input_ids.shape
+        start = cache.length if cache is not None else 0
+        if start + T > self.config.max_seq_len:
+            raise ValueError(
+                f"sequence length {start + T} exceeds the context length {self.config.max_seq_len}"
+            )
+        if position_ids is None:
+            position_ids = positions_from_mask(attention_mask, start, T, input_ids.device)
+        mask = build_mask(attention_mask, start, T, input_ids.device)
+        x = self.model(input_ids, position_ids, mask, cache)
+        if cache is not None:
+            cache.advance(T)
+        if last_only:
+            x = x[:, -1:]
+        return self.lm_head(x)
+
+    def num_parameters(self, non_embedding: bool = False) -> int:
+        """Parameter count from the tensors themselves (tied weights counted once)."""
+        params = {id(p): p for p in self.parameters()}
+        total = sum(p.numel() for p in params.values())
+        if non_embedding:
+            embeds = [self.model.embed_tokens.weight]
+            if hasattr(self.model, "embed_positions"):
+                embeds.append(self.model.embed_positions.weight)
+            if not self.config.tie_embeddings:
+                embeds.append(self.lm_head.weight)
+            total -= sum(p.numel() for p in embeds)
+        return total
+
+    def expected_parameters(self) -> int:
+        return param_count(self.config)
+
+    def generate(self, input_ids, **kwargs) -> torch.Tensor:  # noqa: ANN001 - see generation.generate
+        """Continue `input_ids` (a tensor or a list of token lists); see `smollm.generation.generate`."""
+        return generation.generate(self, input_ids, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, src: str, **kwargs) -> SmolLM:  # noqa: ANN003
+        """Load an HF model dir, a Hub id, a .gguf file or a smollm run dir (see `smollm.hf`)."""
+        from smollm import hf  # hf sits above model in the import order
+
+        return hf.load_pretrained(src, **kwargs)
+
+    def save_pretrained(self, out_dir: str) -> None:
+        """Write config.json + model.safetensors that `transformers` loads as LlamaForCausalLM."""
+        from smollm import hf
+
+        hf.save_pretrained(self, out_dir)
+
+
+def positions_from_mask(
+    attention_mask: torch.Tensor | None, start: int, T: int, device
+) -> torch.Tensor:  # noqa: ANN001
+    """Position of each new token: its index among the real (non-pad) tokens of its row."""
+    if attention_mask is None:
+        return torch.arange(start, start + T, device=device).unsqueeze(0)
+    pos = attention_mask.long().cumsum(-1) - 1
+    return pos[:, start : start + T].clamp(min=0)
+
+
+def build_mask(
+    attention_mask: torch.Tensor | None, start: int, T: int, device
+) -> torch.Tensor | None:  # noqa: ANN001
+    """Boolean (B, 1, T, S) mask for SDPA, or None when plain causal attention is exact."""
+    if attention_mask is None:
+        if start == 0 or T == 1:
+            return None  # is_causal (prompt) or attend-to-all (one new token)
+        valid = torch.ones(1, start + T, dtype=torch.bool, device=device)
+    else:
+        valid = attention_mask[:, : start + T].bool()
+    q_pos = torch.arange(start, start + T, device=device)[:, None]
+    k_pos = torch.arange(start + T, device=device)[None, :]
+    causal = k_pos <= q_pos  # (T, S)
+    # Every query also sees itself, so a padding query never has an empty row (NaN in softmax).
+    mask = (causal & valid[:, None, :]) | (k_pos == q_pos)
+    return mask[:, None]  # (B, 1, T, S)

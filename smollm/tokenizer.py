@@ -1,0 +1,49 @@
+"""The SmolLM2 tokenizer: from the Hub when reachable, else from the packaged GGUF (converted once)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from smollm import assets
+
+ENDOFTEXT = "<|endoftext|>"  # id 0 in SmolLM2's vocabulary: the document separator
+
+
+def load_tokenizer(name: str = "smollm2"):  # noqa: ANN201 - a transformers fast tokenizer
+    """The SmolLM2 tokenizer (49,152 tokens): Hub when reachable, the packaged GGUF offline.
+
+    `name` may also be a local tokenizer directory or a Hub id.
+    """
+    from transformers import AutoTokenizer
+
+    if name != "smollm2":
+        return AutoTokenizer.from_pretrained(name)
+    if assets.hub_reachable():
+        try:
+            return AutoTokenizer.from_pretrained(assets.HUB_MODEL_ID)
+        except OSError:
+            pass  # reachable but failing (rate limit, proxy): the packaged copy is the same vocabulary
+    return AutoTokenizer.from_pretrained(_converted_gguf_tokenizer())
+
+
+def _converted_gguf_tokenizer() -> Path:
+    """Convert the GGUF's tokenizer to HF files once (≈4 s) and reuse them afterwards."""
+    from transformers import AutoTokenizer
+
+    target = assets.cache_dir() / "tokenizers" / "smollm2-gguf"
+    if (target / "tokenizer.json").is_file():
+        return target
+    gguf = assets.packaged_gguf()
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    tok.model_max_length = 1 << 30  # corpora are tokenised whole, then packed into blocks
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
+    tok.save_pretrained(tmp)
+    try:
+        os.replace(tmp, target)  # atomic: a concurrent or killed conversion never leaves half a dir
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)  # another process won the race
+    return target

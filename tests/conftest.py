@@ -1,0 +1,58 @@
+"""Shared fixtures: a tiny config (fast) and the real SmolLM2 weights (session-scoped, loaded once)."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from smollm.config import ModelConfig  # noqa: E402
+
+
+@pytest.fixture
+def tiny() -> ModelConfig:
+    """dim 64, 2 layers, 4 heads, 2 KV heads, small vocab."""
+    return ModelConfig(
+        vocab_size=256,
+        dim=64,
+        n_layers=2,
+        n_heads=4,
+        n_kv_heads=2,
+        intermediate_size=128,
+        max_seq_len=128,
+    )
+
+
+@pytest.fixture(scope="session")
+def gguf_path():
+    from smollm.assets import packaged_gguf
+
+    return packaged_gguf()
+
+
+@pytest.fixture(scope="session")
+def real_model(gguf_path):
+    from smollm import SmolLM
+
+    return SmolLM.from_pretrained(str(gguf_path))
+
+
+@pytest.fixture(scope="session")
+def hf_real_model(gguf_path):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(
+        gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32
+    ).eval()
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    from smollm import load_tokenizer
+
+    return load_tokenizer()

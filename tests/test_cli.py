@@ -1,0 +1,54 @@
+import subprocess
+import sys
+
+from typer.testing import CliRunner
+
+from smollm.cli import app
+
+runner = CliRunner()
+
+
+def smol(*args: str) -> subprocess.CompletedProcess:
+    """Run the real console entry point in a subprocess (exit codes and stderr as a user sees them)."""
+    return subprocess.run(
+        [sys.executable, "-m", "smollm.cli", *args], capture_output=True, text=True, timeout=300
+    )
+
+
+def test_inspect_prints_exact_counts():
+    result = runner.invoke(app, ["inspect", "smollm2-135m"])
+    assert result.exit_code == 0, result.output
+    assert "134,515,008" in result.output and "106,203,456" in result.output
+    assert "0..29 (DecoderLayer): 3,540,096  each, ×30" in result.output
+    assert "FLOPs/token training" in result.output
+
+
+def test_inspect_shrunk_preset():
+    result = runner.invoke(
+        app, ["inspect", "v1", "dim=128", "n_layers=4", "n_heads=4", "n_kv_heads=4"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "0..3 (DecoderLayer)" in result.output and "LayerNorm" in result.output
+
+
+def test_unknown_preset_is_one_line_and_exit_2():
+    proc = smol("inspect", "smollm3")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
+    assert "unknown model preset 'smollm3'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_bad_shape_and_bad_option_value():
+    proc = smol("inspect", "v1", "dim=100", "n_heads=3")
+    assert (
+        proc.returncode == 2 and "not divisible" in proc.stderr and "Traceback" not in proc.stderr
+    )
+    proc = smol("generate", "hi", "--temperature", "-1")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+
+
+def test_generate_streams_from_packaged_weights():
+    proc = smol("generate", "Once upon a time", "--max-new-tokens", "12", "--temperature", "0")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("Once upon a time")
+    assert len(proc.stdout.split()) > 8

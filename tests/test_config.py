@@ -1,0 +1,83 @@
+import dataclasses
+
+import pytest
+
+from smollm import ConfigError, ModelConfig, SmolLM
+from smollm.config import PRESETS, flops_per_token, param_count
+
+EXPECTED = {"smollm2-135m": 134_515_008, "full": 134_515_008, "v2": 135_104_832, "v1": 150_312_960}
+
+
+@pytest.mark.parametrize("name,count", EXPECTED.items())
+def test_named_preset_parameter_counts(name, count):
+    cfg = ModelConfig.from_preset(name)
+    assert param_count(cfg) == count
+    assert SmolLM(cfg).num_parameters() == count
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_formula_matches_tensors_for_every_preset(name):
+    cfg = PRESETS[name]
+    model = SmolLM(cfg)
+    assert model.num_parameters() == param_count(cfg)
+    assert model.num_parameters(non_embedding=True) == param_count(cfg, non_embedding=True)
+
+
+@pytest.mark.parametrize("name", [n for n in PRESETS if n.startswith("full-")])
+def test_single_factor_ablations_change_exactly_one_switch(name):
+    base, cfg = PRESETS["smollm2-135m"], PRESETS[name]
+    diff = {
+        f.name for f in dataclasses.fields(cfg) if getattr(cfg, f.name) != getattr(base, f.name)
+    }
+    assert len(diff) == 1, diff
+
+
+def test_v1_and_v2_differ_from_full_as_documented():
+    v1, v2 = PRESETS["v1"], PRESETS["v2"]
+    assert (v2.pos_embedding, v2.max_seq_len) == ("learned", 1024)
+    assert (v1.norm, v1.mlp, v1.n_kv_heads, v1.bias, v1.tie_embeddings, v1.dropout) == (
+        "layernorm",
+        "plain",
+        9,
+        True,
+        False,
+        0.1,
+    )
+
+
+def test_shrink_preset_with_overrides():
+    cfg = ModelConfig.from_preset("v1", dim=128, n_layers=4, n_heads=4, n_kv_heads=4)
+    assert (cfg.dim, cfg.n_layers, cfg.head_dim, cfg.norm) == (128, 4, 32, "layernorm")
+
+
+def test_unknown_preset_lists_valid_names():
+    with pytest.raises(ConfigError, match="unknown model preset 'smollm2'.*smollm2-135m.*v1"):
+        ModelConfig.from_preset("smollm2")
+
+
+@pytest.mark.parametrize(
+    "overrides,match",
+    [
+        ({"dim": 100, "n_heads": 3}, "not divisible"),
+        ({"n_heads": 9, "n_kv_heads": 4}, "not a multiple"),
+        ({"dim": 90, "n_heads": 18, "n_kv_heads": 1}, "even head dim"),
+        ({"norm": "batchnorm"}, "choose one of rmsnorm, layernorm"),
+        ({"n_layers": 0}, "positive integer"),
+        ({"dropout": 1.5}, "dropout"),
+        ({"dimension": 3}, "unknown ModelConfig field"),
+    ],
+)
+def test_impossible_shapes_error_clearly(overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        ModelConfig.from_preset("full", **overrides)
+
+
+def test_flops_per_token_counts_matmuls():
+    cfg = PRESETS["smollm2-135m"]
+    # 6 * (body + lm_head) + attention scores
+    assert flops_per_token(cfg, 2048) == 6 * (106_203_456 + 28_311_552) + 12 * 30 * 576 * 2048
+
+
+def test_dict_round_trip():
+    cfg = PRESETS["v1"]
+    assert ModelConfig.from_dict(cfg.to_dict()) == cfg

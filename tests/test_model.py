@@ -1,0 +1,100 @@
+import pytest
+import torch
+
+from smollm import ModelConfig, SmolLM
+from smollm.model import RMSNorm
+
+VARIANTS = {
+    "full": {},
+    "learned": {"pos_embedding": "learned"},
+    "layernorm": {"norm": "layernorm"},
+    "plain": {"mlp": "plain"},
+    "mha": {"n_kv_heads": 4},
+    "mqa": {"n_kv_heads": 1},
+    "untied": {"tie_embeddings": False},
+    "bias": {"bias": True},
+    "v1-like": {
+        "pos_embedding": "learned",
+        "norm": "layernorm",
+        "mlp": "plain",
+        "bias": True,
+        "tie_embeddings": False,
+        "dropout": 0.1,
+    },
+}
+
+
+def make(tiny, **kw):
+    torch.manual_seed(0)
+    return SmolLM(ModelConfig(**{**tiny.to_dict(), **kw})).eval()
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_forward_shape_and_causality(tiny, name):
+    model = make(tiny, **VARIANTS[name])
+    ids = torch.randint(0, tiny.vocab_size, (2, 16))
+    logits = model(ids)
+    assert logits.shape == (2, 16, tiny.vocab_size)
+    changed = ids.clone()
+    changed[:, 10:] = (changed[:, 10:] + 1) % tiny.vocab_size
+    logits2 = model(changed)
+    torch.testing.assert_close(logits[:, :10], logits2[:, :10])
+    assert not torch.allclose(logits[:, 10:], logits2[:, 10:])
+
+
+def test_tied_embeddings_share_storage(tiny):
+    model = make(tiny)
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    untied = make(tiny, tie_embeddings=False)
+    assert untied.lm_head.weight is not untied.model.embed_tokens.weight
+
+
+def test_dropout_only_in_training(tiny):
+    model = make(tiny, dropout=0.5)
+    ids = torch.randint(0, tiny.vocab_size, (1, 8))
+    torch.testing.assert_close(model(ids), model(ids))
+    model.train()
+    assert not torch.allclose(model(ids), model(ids))
+
+
+def test_rope_tables_stay_fp32_after_cast(tiny):
+    model = make(tiny).to(torch.bfloat16)
+    assert model.model.rotary_emb.cos.dtype == torch.float32
+    assert model.lm_head.weight.dtype == torch.bfloat16
+    assert model(torch.randint(0, tiny.vocab_size, (1, 8))).dtype == torch.bfloat16
+
+
+def test_single_token_fast_path_matches_plain_linear(tiny):
+    model = make(tiny, bias=True)
+    ids = torch.randint(0, tiny.vocab_size, (1, 1))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with torch.no_grad():
+            fast = model(ids)  # grad disabled: the batched matrix-vector path
+        plain = model(ids)  # grad enabled: nn.Linear's path
+    finally:
+        torch.set_num_threads(threads)
+    torch.testing.assert_close(fast, plain.detach(), rtol=1e-5, atol=1e-5)
+
+
+def test_rmsnorm_matches_definition():
+    norm = RMSNorm(8, 1e-5)
+    x = torch.randn(3, 8)
+    expected = x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5)
+    torch.testing.assert_close(norm(x), expected)
+
+
+def test_sequence_longer_than_context_errors(tiny):
+    model = make(tiny, pos_embedding="learned")
+    with pytest.raises(ValueError, match="exceeds the context length 128"):
+        model(torch.zeros(1, 129, dtype=torch.long))
+
+
+def test_init_is_small_and_seeded(tiny):
+    a, b = make(tiny), make(tiny)
+    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(p, q), name
+    std = a.model.layers[0].self_attn.q_proj.weight.std().item()
+    assert 0.015 < std < 0.025
+    assert a.model.layers[0].mlp.down_proj.weight.std().item() < std  # residual outputs scaled down
