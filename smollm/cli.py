@@ -133,6 +133,81 @@ def generate(
     sys.stdout.write("\n")
 
 
+data_app = typer.Typer(help="Corpora: build the token cache, look at blocks.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+def _data_config(
+    corpus: str | None, tokenizer: str | None, seq_len: int | None, extra: dict | None = None
+):  # noqa: ANN202
+    from smollm.config import DataConfig
+
+    fields = {
+        k: v
+        for k, v in {"corpus": corpus, "tokenizer": tokenizer, "seq_len": seq_len}.items()
+        if v is not None
+    }
+    return DataConfig(**fields, **(extra or {}))
+
+
+CorpusOpt = Annotated[
+    str | None, typer.Option(help="sotu | cosmopedia-v2 | hf:<dataset>[:<config>] | path/dir/glob")
+]
+TokenizerOpt = Annotated[
+    str | None, typer.Option(help="smollm2 | bpe-<size> (e.g. bpe-8k) | tokenizer dir")
+]
+
+
+@data_app.command("prepare")
+def data_prepare(
+    corpus: CorpusOpt = None,
+    tokenizer: TokenizerOpt = None,
+    text_field: Annotated[str, typer.Option(help="Text column of jsonl/parquet/Hub rows")] = "text",
+    max_docs: Annotated[
+        int | None, typer.Option(min=2, help="Read at most this many documents")
+    ] = None,
+) -> None:
+    """Tokenise a corpus into the cache (once) and print per-split statistics."""
+    from smollm.data import prepare
+
+    cache, _ = prepare(
+        _data_config(corpus, tokenizer, None, {"text_field": text_field, "max_docs": max_docs})
+    )
+    typer.echo(f"cache: {cache.path}")
+    typer.echo(f"tokenizer: {cache.meta['tokenizer']} (vocab {cache.vocab_size:,})")
+    typer.echo(f"{'split':<7}{'documents':>11}{'tokens':>14}{'bytes':>15}{'bytes/token':>13}")
+    for split in ("train", "val"):
+        st = cache.stats(split)
+        typer.echo(
+            f"{split:<7}{st['docs']:>11,}{st['tokens']:>14,}{st['bytes']:>15,}{st['bytes'] / st['tokens']:>13.2f}"
+        )
+
+
+@data_app.command("sample")
+def data_sample(
+    corpus: CorpusOpt = None,
+    tokenizer: TokenizerOpt = None,
+    seq_len: Annotated[int, typer.Option(min=2)] = 64,
+    n: Annotated[int, typer.Option(min=1, max=100, help="How many blocks")] = 3,
+    seed: int = 0,
+    split: Annotated[str, typer.Option(help="train or val")] = "train",
+) -> None:
+    """Print a few decoded training (or validation) blocks."""
+    from smollm.data import BlockLoader, prepare
+    from smollm.data.loader import gather, validation_blocks
+
+    cache, tok = prepare(_data_config(corpus, tokenizer, seq_len))
+    if split not in ("train", "val"):
+        raise SmolError(f"--split {split!r}: choose train or val")
+    if split == "train":
+        x, _ = BlockLoader(cache, seq_len, seed).next(n)
+    else:
+        x, _ = gather(cache.shards["val"], validation_blocks(cache, seq_len, n), seq_len)
+    for i, row in enumerate(x.tolist()):
+        typer.echo(f"--- block {i} ({len(row)} tokens) ---")
+        typer.echo(tok.decode(row))
+
+
 def main() -> None:
     """Console entry point: user errors become one line on stderr and exit code 2."""
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")

