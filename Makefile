@@ -3,16 +3,16 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 SMOL := $(VENV)/bin/smol
 
-.PHONY: setup run test lint format bench clean
+.PHONY: setup run test lint format bench serve clean
 
 setup:
 	@bash scripts/setup.sh
 
 run: setup
-	$(SMOL) inspect smollm2-135m
-	$(SMOL) generate "Once upon a time" --max-new-tokens 64
+	$(SMOL) run ablation
 
 test: setup
+	@bash scripts/setup-browser.sh
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest -q
@@ -26,6 +26,11 @@ format: setup
 
 bench: setup
 	$(PY) benchmarks/generate.py
+	$(PY) benchmarks/train.py
+	$(PY) benchmarks/data.py --tokenizer bpe-8k
+
+serve: setup
+	$(SMOL) serve
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -77,6 +77,15 @@ def inspect(
     typer.echo(f"FLOPs/token training:     {train_flops:>15,}  (forward + backward)")
 
 
+def _dtype(name: str):  # noqa: ANN202
+    import torch
+
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    if name not in dtypes:
+        raise SmolError(f"--dtype {name!r}: choose fp32 or bf16")
+    return dtypes[name]
+
+
 @app.command()
 def generate(
     prompt: Annotated[str, typer.Argument(help="Text to continue")],
@@ -100,13 +109,10 @@ def generate(
     from smollm import assets
     from smollm.generation import stream
     from smollm.model import SmolLM
-    from smollm.tokenizer import ENDOFTEXT, load_tokenizer
+    from smollm.tokenizer import ENDOFTEXT, tokenizer_for
 
-    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
-    if dtype not in dtypes:
-        raise SmolError(f"--dtype {dtype!r}: choose fp32 or bf16")
-    lm = SmolLM.from_pretrained(model or str(assets.packaged_gguf()), dtype=dtypes[dtype])
-    tok = load_tokenizer()
+    lm = SmolLM.from_pretrained(model or str(assets.packaged_gguf()), dtype=_dtype(dtype))
+    tok = tokenizer_for(model)
     ids = tok(prompt, return_tensors="pt").input_ids
     eos = sorted({tok.eos_token_id, tok.convert_tokens_to_ids(ENDOFTEXT)} - {None})
     sys.stdout.write(prompt)
@@ -206,6 +212,255 @@ def data_sample(
     for i, row in enumerate(x.tolist()):
         typer.echo(f"--- block {i} ({len(row)} tokens) ---")
         typer.echo(tok.decode(row))
+
+
+@app.command(context_settings={"allow_extra_args": False})
+def train(
+    config: Annotated[str | None, typer.Argument(help="Experiment YAML (optional)")] = None,
+    overrides: Annotated[
+        list[str] | None,
+        typer.Argument(help="key=value overrides, e.g. train.lr=1e-3 model.preset=v1"),
+    ] = None,
+    run_dir: Annotated[
+        str | None,
+        typer.Option(
+            "--run-dir", help="Run directory (default runs/<config name>); an existing one resumes"
+        ),
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar")] = False,
+) -> None:
+    """Train one experiment: CONFIG.yaml plus key=value overrides. Re-running resumes."""
+    from pathlib import Path
+
+    from smollm.experiment import load_experiment
+    from smollm.train import train as run_train
+
+    if config is not None and "=" in config:  # only overrides were given
+        overrides, config = [config, *(overrides or [])], None
+    exp = load_experiment(config, overrides or [])
+    target = Path(run_dir or Path("runs") / (Path(config).stem if config else "default"))
+    summary = run_train(exp, target, progress=not quiet)
+    val = (
+        f"val loss {summary['val_loss']:.4f}, {summary['val_bpb']:.4f} bits/byte"
+        if summary.get("val_loss") is not None
+        else ""
+    )
+    typer.echo(
+        f"{target}: {summary['status']} at step {summary['step']} ({summary['tokens']:,} tokens); {val}"
+    )
+
+
+@app.command()
+def overfit(
+    preset: Annotated[str, typer.Argument(help="Model preset")] = "full",
+    overrides: Annotated[
+        list[str] | None, typer.Argument(help="ModelConfig overrides (default: a CPU-sized model)")
+    ] = None,
+    steps: Annotated[int, typer.Option(min=1)] = 150,
+    lr: Annotated[float, typer.Option(min=0.0)] = 3e-3,
+    batch: Annotated[int, typer.Option(min=1)] = 4,
+    seq_len: Annotated[int, typer.Option(min=2)] = 64,
+) -> None:
+    """Overfit one batch of real text: the loss must fall from ~10.8 to < 0.5."""
+    from smollm.config import ModelConfig
+    from smollm.train import overfit as run_overfit
+
+    small = {"dim": 256, "n_layers": 4, "n_heads": 4, "n_kv_heads": 2, "intermediate_size": 640}
+    fields = parse_overrides(overrides) if overrides else small
+    if preset in ("v1",) and not overrides:
+        fields = {**small, "n_kv_heads": 4}
+    losses = run_overfit(ModelConfig.from_preset(preset, **fields), steps, lr, batch, seq_len)
+    verdict = "ok" if losses[-1] < 0.5 else "NOT memorised"
+    typer.echo(
+        f"overfit one batch ({batch}x{seq_len} tokens, {steps} steps): loss {losses[0]:.2f} -> {losses[-1]:.2f}  [{verdict}]"
+    )
+    if losses[-1] >= 0.5:
+        raise typer.Exit(1)
+
+
+@app.command()
+def export(
+    run_dir: Annotated[str, typer.Argument(help="A smollm run directory")],
+    out_dir: Annotated[str, typer.Argument(help="Where to write the HF model")],
+) -> None:
+    """Write a trained run's model in HF format (variants LlamaForCausalLM can express)."""
+    from pathlib import Path
+
+    from smollm.checkpoint import load_run_model
+
+    if not (Path(run_dir) / "checkpoints").is_dir():
+        raise SmolError(f"{run_dir}: not a smollm run directory (no checkpoints/)")
+    model = load_run_model(Path(run_dir))
+    model.save_pretrained(out_dir)
+    typer.echo(
+        f"wrote {out_dir} ({model.num_parameters():,} parameters); load it with transformers.AutoModelForCausalLM"
+    )
+
+
+run_app = typer.Typer(help="Run a batch of experiments.", no_args_is_help=True)
+app.add_typer(run_app, name="run")
+
+
+def _repo_file(path: str) -> str:
+    """A path as given, else relative to the smollm checkout (so `smol run ablation` works anywhere)."""
+    from pathlib import Path
+
+    if Path(path).exists():
+        return path
+    candidate = Path(__file__).resolve().parent.parent / path
+    return str(candidate) if candidate.exists() else path
+
+
+@run_app.command("ablation")
+def run_ablation_cmd(
+    config: Annotated[
+        str, typer.Argument(help="Ablation YAML (default: the CPU-sized ladder)")
+    ] = "experiments/default.yaml",
+    overrides: Annotated[
+        list[str] | None, typer.Argument(help="key=value overrides of the base experiment")
+    ] = None,
+    runs_dir: Annotated[str, typer.Option(help="Where run directories go")] = "runs",
+    results_dir: Annotated[str, typer.Option(help="Where tables and plots go")] = "results",
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars")] = False,
+) -> None:
+    """Train every (variant, seed) of an ablation, then rebuild its results tables.
+
+    Finished runs are skipped, interrupted ones resume, a failed run is recorded and the rest go on.
+    """
+    from pathlib import Path
+
+    from smollm.ablation import load_ablation, run_ablation
+    from smollm.results import build_results
+
+    ablation = load_ablation(_repo_file(config), overrides or [])
+    outcomes = run_ablation(ablation, Path(runs_dir), progress=not quiet)
+    typer.echo(f"\n{'run':<24}{'status':<10}{'val loss':>10}{'bits/byte':>11}")
+    for o in outcomes:
+        loss = f"{o['val_loss']:.4f}" if o.get("val_loss") is not None else "—"
+        bpb = f"{o['val_bpb']:.4f}" if o.get("val_bpb") is not None else "—"
+        typer.echo(
+            f"{o['run']:<24}{o['status']:<10}{loss:>10}{bpb:>11}"
+            + (f"  {o['error']}" if o.get("error") else "")
+        )
+    out = build_results(ablation.name, Path(runs_dir), Path(results_dir))
+    failed = sum(o["status"] != "finished" for o in outcomes)
+    typer.echo(
+        f"results: {out}/summary.md ({len(outcomes) - failed}/{len(outcomes)} runs finished)"
+    )
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def results(
+    ablation: Annotated[
+        str | None, typer.Argument(help="Ablation name (default: every ablation under --runs-dir)")
+    ] = None,
+    runs_dir: Annotated[str, typer.Option(help="Where run directories are")] = "runs",
+    results_dir: Annotated[str, typer.Option(help="Where tables and plots go")] = "results",
+) -> None:
+    """Rebuild results/<ablation>/ (summary.md, summary.csv, loss_curves.png) from run directories."""
+    from pathlib import Path
+
+    from smollm.results import build_results
+
+    names = (
+        [ablation]
+        if ablation
+        else sorted(p.name for p in Path(runs_dir).glob("*") if (p / "ablation.json").is_file())
+    )
+    if not names:
+        raise SmolError(f"no ablations under {runs_dir}/; run `smol run ablation` first")
+    for name in names:
+        typer.echo(f"wrote {build_results(name, Path(runs_dir), Path(results_dir))}")
+
+
+@app.command(context_settings={"help_option_names": ["-h", "--help"]})
+def sweep(
+    target: Annotated[
+        str, typer.Argument(help="Sweep YAML to run, or `show`")
+    ] = "sweeps/default.yaml",
+    rest: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="key=value overrides of the base experiment; after `show`: the study name"
+        ),
+    ] = None,
+    storage: Annotated[
+        str | None,
+        typer.Option(
+            help="Optuna storage URL (default sqlite:///<runs-dir>/sweeps/<name>/study.db)"
+        ),
+    ] = None,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1, max=64, help="Worker processes on this machine (start the command elsewhere too)"
+        ),
+    ] = 1,
+    runs_dir: Annotated[str, typer.Option(help="Where trial run directories go")] = "runs",
+    results_dir: Annotated[
+        str, typer.Option(help="Where `show` writes tables and plots")
+    ] = "results",
+) -> None:
+    """Optuna over learning rate, batch size, ...: `smol sweep [FILE] [k=v ...]`, `smol sweep show NAME`.
+
+    Re-running resumes the study; several workers (or several machines on one --storage database)
+    share it. A worker killed mid-trial leaves a trial that is failed by heartbeat and retried.
+    """
+    from pathlib import Path
+
+    from smollm import sweep as sw
+
+    if target == "show":
+        if not rest:
+            raise SmolError("usage: smol sweep show NAME")
+        url = sw.storage_url(rest[0], Path(runs_dir), storage)
+        out = sw.write_sweep_results(rest[0], url, Path(results_dir))
+        from smollm.results import write_index
+
+        write_index(Path(results_dir))
+        typer.echo((out / "summary.md").read_text())
+        typer.echo(f"wrote {out}")
+        return
+    path = _repo_file(target)
+    name = sw.load_sweep(path, rest or []).name
+    url = sw.run_sweep(path, rest or [], Path(runs_dir), storage, workers)
+    out = sw.write_sweep_results(name, url, Path(results_dir))
+    typer.echo(f"study {name!r} in {url}; tables and plots: {out}/summary.md")
+
+
+@app.command()
+def serve(
+    model: Annotated[
+        str | None,
+        typer.Option(help="Run dir, HF dir, Hub id or .gguf (default: the packaged SmolLM2-135M)"),
+    ] = None,
+    host: Annotated[
+        str, typer.Option(help="Interface to bind; 127.0.0.1 keeps it on this machine")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
+    dtype: Annotated[str, typer.Option(help="fp32 or bf16")] = "fp32",
+    max_concurrent: Annotated[
+        int, typer.Option(min=1, max=64, help="Generations at once; more requests queue")
+    ] = 2,
+) -> None:
+    """Serve a web page and a JSON/SSE generation API for a model."""
+    from pathlib import Path
+
+    import uvicorn
+
+    from smollm import assets
+    from smollm.model import SmolLM
+    from smollm.serve import create_app
+    from smollm.tokenizer import tokenizer_for
+
+    src = model or str(assets.packaged_gguf())
+    lm = SmolLM.from_pretrained(src, dtype=_dtype(dtype))
+    name = Path(src).name if model else "SmolLM2-135M-Instruct (Q4_1 GGUF)"
+    app_ = create_app(lm, tokenizer_for(model), name, max_concurrent)
+    typer.echo(f"serving {name} on http://{host}:{port}/  (API docs: /docs, schema: /openapi.json)")
+    uvicorn.run(app_, host=host, port=port, log_level="warning")
 
 
 def main() -> None:

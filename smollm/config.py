@@ -217,3 +217,104 @@ class DataConfig:
             raise ConfigError(f"data.max_docs={self.max_docs}: must be >= 2 (train and validation)")
         if not self.corpus:
             raise ConfigError("data.corpus is empty")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation, schedule, precision, cadence. Defaults follow SmolLM2 where it has one."""
+
+    lr: float = 3e-3
+    batch_size: int = 32  # sequences per optimizer step, summed over every rank
+    micro_batch_size: int = 0  # sequences per forward on one rank; 0 = batch_size / world size
+    max_steps: int = 0  # 0: derived from max_tokens
+    max_tokens: int = 0
+    schedule: str = "wsd"  # wsd (warmup-stable-decay, SmolLM2's) | cosine
+    warmup_steps: int = 20
+    decay_fraction: float = 0.2  # wsd: share of the steps spent decaying linearly
+    min_lr_ratio: float = 0.0  # final lr as a fraction of lr
+    weight_decay: float = 0.01
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    no_decay: tuple[str, ...] = ("bias", "norm", "embed")  # parameter-name parts exempt from decay
+    grad_clip: float = 1.0
+    seed: int = 0
+    dtype: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 (autocast)
+    compile: bool = False
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    eval_every: int = 50
+    eval_blocks: int = 32  # validation blocks per evaluation (the same ones every time)
+    eval_batch_size: int = 16
+    sample_tokens: int = 32  # new tokens per sample prompt at each evaluation
+    ckpt_every: int = 50
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    peak_flops: float = 0.0  # for MFU where the device is not in the known table
+
+    def __post_init__(self) -> None:
+        if self.schedule not in ("wsd", "cosine"):
+            raise ConfigError(f"train.schedule={self.schedule!r}: choose wsd or cosine")
+        if self.dtype not in ("auto", "fp32", "bf16"):
+            raise ConfigError(f"train.dtype={self.dtype!r}: choose auto, fp32 or bf16")
+        if not self.lr > 0 or self.batch_size < 1 or self.micro_batch_size < 0:
+            raise ConfigError("train.lr and train.batch_size must be positive")
+        if self.max_steps <= 0 and self.max_tokens <= 0:
+            raise ConfigError("set train.max_steps or train.max_tokens")
+        for name in (
+            "eval_every",
+            "ckpt_every",
+            "keep_checkpoints",
+            "log_every",
+            "eval_blocks",
+            "eval_batch_size",
+        ):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"train.{name}={getattr(self, name)}: must be >= 1")
+        if not 0.0 <= self.decay_fraction <= 1.0 or not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ConfigError("train.decay_fraction and train.min_lr_ratio must be in [0, 1]")
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    """Where a run is reported: W&B (online/offline/disabled) plus the local run directory."""
+
+    mode: str = "auto"  # auto (online if a W&B API key is configured, else offline) | online | offline | disabled
+    project: str = "smollm"
+    entity: str = ""
+    group: str = ""  # runs of one ablation or sweep share a group
+    job_type: str = "train"
+    tags: tuple[str, ...] = ()
+    name: str = ""  # default: the run directory's name
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("auto", "online", "offline", "disabled"):
+            raise ConfigError(
+                f"tracking.mode={self.mode!r}: choose auto, online, offline or disabled"
+            )
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """One training run: the model, its data, how to train it, where to report it."""
+
+    model: ModelConfig
+    data: DataConfig
+    train: TrainConfig
+    tracking: TrackingConfig
+    preset: str = "smollm2-135m"  # the preset `model` was derived from (for tables)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ExperimentConfig:
+        def tuples(section: dict[str, Any]) -> dict[str, Any]:
+            return {k: tuple(v) if isinstance(v, list) else v for k, v in section.items()}
+
+        return cls(
+            model=ModelConfig.from_dict(d["model"]),
+            data=DataConfig(**d["data"]),
+            train=TrainConfig(**tuples(d["train"])),
+            tracking=TrackingConfig(**tuples(d["tracking"])),
+            preset=d.get("preset", "smollm2-135m"),
+        )

@@ -221,14 +221,20 @@ def _resolve(src: str) -> Path:
 def load_pretrained(
     src: str | os.PathLike, dtype: torch.dtype = torch.float32, device: str = "cpu"
 ) -> SmolLM:
-    """A model from an HF Llama dir, a Hub id or a .gguf file."""
+    """A model from an HF Llama dir, a Hub id, a .gguf file or a smollm run dir."""
     path = _resolve(str(src))
     if path.is_file() and path.suffix == ".gguf":
         cfg, state = read_gguf(path)
     elif path.is_dir() and (path / "config.json").is_file():
         cfg, state = _read_hf_dir(path)
+    elif path.is_dir() and (path / "checkpoints").is_dir():
+        from smollm.checkpoint import load_run_model
+
+        return load_run_model(path, dtype=dtype, device=device)
     else:
-        raise WeightsError(f"{path}: expected a .gguf file, an HF model dir (config.json) ")
+        raise WeightsError(
+            f"{path}: expected a .gguf file, an HF model dir (config.json) or a smollm run dir"
+        )
     try:
         model = SmolLM(cfg)
     except ConfigError as e:

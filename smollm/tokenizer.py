@@ -47,3 +47,15 @@ def _converted_gguf_tokenizer() -> Path:
     except OSError:
         shutil.rmtree(tmp, ignore_errors=True)  # another process won the race
     return target
+
+
+def tokenizer_for(src: str | None):  # noqa: ANN201
+    """The tokenizer that goes with a model source: a run's or HF dir's own, else SmolLM2's."""
+    from transformers import AutoTokenizer
+
+    if src:
+        path = Path(src)
+        for candidate in (path / "tokenizer", path):
+            if candidate.is_dir() and (candidate / "tokenizer.json").is_file():
+                return AutoTokenizer.from_pretrained(candidate)
+    return load_tokenizer()

@@ -1,0 +1,263 @@
+"""`smol run ablation`: every (variant, seed) of an ablation file, in turn, resumable.
+
+An ablation file (experiments/*.yaml):
+    name: default
+    base: {model: {...}, data: {...}, train: {...}, tracking: {...}}   # an experiment, as for smol train
+    from_sweep: default                                                 # optional: best params of a study
+    variants:                                                           # a preset name, or
+      - full
+      - {name: v1, preset: v1, overrides: [model.n_kv_heads=4]}          # name + preset + dotlist
+    seeds: [0, 1]
+    baseline: full                                                      # differences are taken from it
+    reference: true                                                     # also evaluate pretrained SmolLM2
+Runs land in runs/<name>/<variant>-s<seed>/; one W&B group per ablation.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import OmegaConf
+
+from smollm.config import ConfigError, DataConfig, ExperimentConfig, SmolError
+from smollm.experiment import experiment_schema, merge, to_experiment
+
+ABLATION_KEYS = {
+    "name",
+    "base",
+    "variants",
+    "seeds",
+    "baseline",
+    "reference",
+    "description",
+    "from_sweep",
+}
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    preset: str
+    overrides: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Ablation:
+    name: str
+    base: Any  # merged OmegaConf experiment (without the variant's preset)
+    variants: tuple[Variant, ...]
+    seeds: tuple[int, ...]
+    baseline: str
+    reference: bool = True
+    description: str = ""
+    raw: dict = field(default_factory=dict)
+
+    def experiment(self, variant: Variant, seed: int) -> ExperimentConfig:
+        """The experiment of one run: preset, then the base's overrides, then the variant's."""
+        cfg = merge(
+            self.base,
+            [
+                {"model": {"preset": variant.preset}, "train": {"seed": seed}},
+                list(variant.overrides),
+            ],
+        )
+        cfg = merge(
+            cfg,
+            [
+                {
+                    "tracking": {
+                        "group": self.name,
+                        "name": run_name(variant, seed),
+                        "job_type": "ablation",
+                        "tags": [variant.name],
+                    }
+                }
+            ],
+        )
+        return to_experiment(cfg)
+
+
+def run_name(variant: Variant, seed: int) -> str:
+    return f"{variant.name}-s{seed}"
+
+
+def _variant(spec: Any) -> Variant:
+    if isinstance(spec, str):
+        return Variant(spec, spec)
+    if isinstance(spec, dict) and set(spec) <= {"name", "preset", "overrides"} and "preset" in spec:
+        return Variant(
+            spec.get("name", spec["preset"]), spec["preset"], tuple(spec.get("overrides") or ())
+        )
+    raise ConfigError(f"variant {spec!r}: give a preset name or {{name, preset, overrides}}")
+
+
+def _swept(spec: Any) -> list[str]:
+    """`from_sweep: {name: NAME, storage: URL?, runs_dir: runs}` -> the study's best parameters."""
+    if not spec:
+        return []
+    from smollm.sweep import best_params, storage_url
+
+    spec = {"name": spec} if isinstance(spec, str) else spec
+    url = storage_url(spec["name"], Path(spec.get("runs_dir", "runs")), spec.get("storage"))
+    return [f"{k}={v}" for k, v in best_params(spec["name"], url).items()]
+
+
+def load_ablation(path: str | Path, overrides: list[str] | None = None) -> Ablation:
+    """Read an ablation file; dotlist overrides apply to the base experiment (e.g. train.max_steps=5)."""
+    if not Path(path).is_file():
+        raise ConfigError(f"ablation file {str(path)!r} not found")
+    raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping with name, base, variants, seeds")
+    unknown = set(raw) - ABLATION_KEYS
+    if unknown:
+        raise ConfigError(
+            f"{path}: unknown ablation key(s) {', '.join(sorted(unknown))}; valid: {', '.join(sorted(ABLATION_KEYS))}"
+        )
+    base = merge(
+        experiment_schema(),
+        [raw.get("base") or {}, _swept(raw.get("from_sweep")), list(overrides or [])],
+    )
+    variants = tuple(_variant(v) for v in raw.get("variants") or [])
+    if not variants:
+        raise ConfigError(f"{path}: no variants")
+    names = [v.name for v in variants]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{path}: duplicate variant names")
+    ablation = Ablation(
+        name=str(raw.get("name") or Path(path).stem), base=base, variants=variants,
+        seeds=tuple(int(s) for s in raw.get("seeds") or [0]), baseline=str(raw.get("baseline") or names[0]),
+        reference=bool(raw.get("reference", True)), description=str(raw.get("description") or ""), raw=raw,
+    )  # fmt: skip
+    seen: dict[str, str] = {}
+    for v in variants:  # every run's config is valid and distinct before anything starts
+        exp = ablation.experiment(v, ablation.seeds[0]).to_dict()
+        key = json.dumps(
+            {k: exp[k] for k in ("model", "data", "train")}, sort_keys=True, default=str
+        )
+        if key in seen:
+            raise ConfigError(
+                f"{path}: variants {seen[key]!r} and {v.name!r} resolve to the same experiment (does the base override what the preset changes?)"
+            )
+        seen[key] = v.name
+    if ablation.baseline not in names:
+        raise ConfigError(
+            f"{path}: baseline {ablation.baseline!r} is not a variant ({', '.join(names)})"
+        )
+    return ablation
+
+
+def machine() -> dict[str, Any]:
+    """What the runs ran on, for the provenance line of the tables."""
+    info = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }
+    if torch.cuda.is_available():
+        info["device"] = torch.cuda.get_device_name()
+    else:
+        cpu = (
+            next(
+                (
+                    line.split(":", 1)[1].strip()
+                    for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.startswith("model name")
+                ),
+                platform.processor(),
+            )
+            if Path("/proc/cpuinfo").is_file()
+            else platform.processor()
+        )
+        info["device"] = f"CPU: {cpu}"
+    return info
+
+
+def run_ablation(
+    ablation: Ablation, runs_root: Path, progress: bool = True
+) -> list[dict[str, Any]]:
+    """Train every (variant, seed) not yet finished; a failure is recorded and the rest go on."""
+    root = runs_root / ablation.name
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "ablation.json").write_text(json.dumps(ablation.raw, indent=2) + "\n")
+    provenance_path = root / "provenance.json"
+    if not provenance_path.is_file():
+        provenance_path.write_text(
+            json.dumps(
+                {
+                    "command": " ".join(["smol", *sys.argv[1:]]),
+                    "machine": machine(),
+                    "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+                },
+                indent=2,
+            )
+            + "\n"
+        )
+    from smollm.train import train
+
+    outcomes = []
+    jobs = [(v, s) for v in ablation.variants for s in ablation.seeds]
+    for i, (variant, seed) in enumerate(jobs, 1):
+        run_dir = root / run_name(variant, seed)
+        print(f"[{i}/{len(jobs)}] {run_dir.name}", file=sys.stderr, flush=True)
+        try:
+            summary = train(ablation.experiment(variant, seed), run_dir, progress=progress)
+        except (SmolError, RuntimeError, ValueError, OSError) as e:  # recorded, the ladder goes on
+            summary = {"status": "failed", "error": f"{type(e).__name__}: {e}"}
+            if not isinstance(e, SmolError):
+                (run_dir / "error.log").write_text(traceback.format_exc())
+            _record_failure(run_dir, summary)
+        outcomes.append(
+            {
+                "run": run_dir.name,
+                "variant": variant.name,
+                "seed": seed,
+                **{k: summary.get(k) for k in ("status", "step", "val_loss", "val_bpb", "error")},
+            }
+        )
+    if ablation.reference:
+        evaluate_reference(ablation, root, progress)
+    return outcomes
+
+
+def _record_failure(run_dir: Path, summary: dict[str, Any]) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / "summary.json"
+    existing = json.loads(path.read_text()) if path.is_file() else {}
+    if existing.get("status") not in ("diverged",):  # train() already wrote the richer record
+        path.write_text(json.dumps(summary, indent=2) + "\n")
+
+
+def evaluate_reference(ablation: Ablation, root: Path, progress: bool) -> dict[str, Any]:
+    """Pretrained SmolLM2-135M (packaged weights) on the same validation documents, once."""
+    path = root / "reference" / "summary.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    from smollm import assets
+    from smollm.data import evaluate, prepare
+    from smollm.model import SmolLM
+
+    exp = ablation.experiment(ablation.variants[0], ablation.seeds[0])
+    data = DataConfig(
+        **{**exp.data.__dict__, "tokenizer": "smollm2"}
+    )  # same documents, SmolLM2's tokenizer
+    cache, _ = prepare(data, progress=progress)
+    model = SmolLM.from_pretrained(str(assets.packaged_gguf()))
+    n_blocks = max(1, exp.train.eval_blocks * exp.data.seq_len // data.seq_len)
+    result = evaluate(model, cache, data.seq_len, batch_size=4, max_blocks=n_blocks)
+    summary = {
+        "status": "finished", "variant": "SmolLM2-135M-Instruct (pretrained, Q4_1 GGUF)", "tokenizer": "smollm2",
+        "parameters": model.num_parameters(), "non_embedding_parameters": model.num_parameters(non_embedding=True),
+        "val_loss": result.loss, "val_bpb": result.bits_per_byte, "val_tokens": result.tokens,
+    }  # fmt: skip
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(summary, indent=2) + "\n")
+    return summary

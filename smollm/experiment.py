@@ -1,0 +1,129 @@
+"""OmegaConf at the edge: YAML + dotlist overrides -> typed, validated plain dataclasses.
+
+The YAML schema mirrors the config dataclasses; `model:` takes a `preset` plus overrides of any
+`ModelConfig` field. A mistyped key anywhere is an error that names it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import typing
+from pathlib import Path
+from typing import Any
+
+from omegaconf import MISSING, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from smollm.config import (
+    ConfigError,
+    DataConfig,
+    ExperimentConfig,
+    ModelConfig,
+    TrackingConfig,
+    TrainConfig,
+)
+
+
+@functools.cache
+def schema(cls: type, optional: bool = False) -> type:
+    """A mutable OmegaConf schema mirroring a frozen config dataclass (tuples become lists)."""
+    hints = typing.get_type_hints(cls)
+    fields = []
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if typing.get_origin(tp) is typing.Literal:
+            tp = str
+        if typing.get_origin(tp) is tuple:
+            tp, default = list[str], dataclasses.field(default_factory=lambda d=f.default: list(d))
+        else:
+            default = dataclasses.field(default=None if optional else f.default)
+        if optional:
+            tp = typing.Optional[tp]  # noqa: UP045 - OmegaConf reads typing.Optional
+        fields.append((f.name, tp, default))
+    return dataclasses.make_dataclass(f"{cls.__name__}Schema", fields)
+
+
+@functools.cache
+def model_schema() -> type:
+    """`model:` = a preset name plus optional overrides of every ModelConfig field."""
+    base = schema(ModelConfig, optional=True)
+    return dataclasses.make_dataclass(
+        "ModelSection", [("preset", str, dataclasses.field(default="smollm2-135m"))], bases=(base,)
+    )
+
+
+def experiment_schema() -> Any:
+    section = dataclasses.make_dataclass(
+        "ExperimentSchema",
+        [
+            ("model", model_schema(), dataclasses.field(default_factory=model_schema())),
+            ("data", schema(DataConfig), dataclasses.field(default_factory=schema(DataConfig))),
+            ("train", schema(TrainConfig), dataclasses.field(default_factory=schema(TrainConfig))),
+            (
+                "tracking",
+                schema(TrackingConfig),
+                dataclasses.field(default_factory=schema(TrackingConfig)),
+            ),
+        ],
+    )
+    return OmegaConf.structured(section)
+
+
+def config_error(e: OmegaConfBaseException) -> ConfigError:
+    """OmegaConf's multi-line message -> one line naming the key."""
+    key = getattr(e, "full_key", None)
+    first = (str(e).splitlines() or [type(e).__name__])[0]
+    if type(e).__name__ == "ConfigKeyError" and key:
+        return ConfigError(f"unknown config key {key!r}")
+    return ConfigError(f"{key}: {first}" if key else first)
+
+
+def merge(base: Any, sources: list[Any]) -> Any:
+    """Merge YAML files (paths), dicts and dotlists (lists of key=value) onto a structured base."""
+    try:
+        parts = [base]
+        for src in sources:
+            if isinstance(src, (str, Path)):
+                if not Path(src).is_file():
+                    raise ConfigError(f"config file {str(src)!r} not found")
+                parts.append(OmegaConf.load(src))
+            elif isinstance(src, list):
+                bad = [s for s in src if "=" not in s]
+                if bad:
+                    raise ConfigError(f"override {bad[0]!r} is not of the form key=value")
+                parts.append(OmegaConf.from_dotlist(src))
+            else:
+                parts.append(OmegaConf.create(src))
+        return OmegaConf.merge(*parts)
+    except OmegaConfBaseException as e:
+        raise config_error(e) from None
+
+
+def to_experiment(cfg: Any) -> ExperimentConfig:
+    """A merged OmegaConf experiment -> validated ExperimentConfig."""
+    try:
+        d = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except OmegaConfBaseException as e:
+        raise config_error(e) from None
+    model = d.pop("model")
+    preset = model.pop("preset")
+    return ExperimentConfig(
+        model=ModelConfig.from_preset(preset, **{k: v for k, v in model.items() if v is not None}),
+        data=DataConfig(**d["data"]),
+        train=TrainConfig(
+            **{k: tuple(v) if isinstance(v, list) else v for k, v in d["train"].items()}
+        ),
+        tracking=TrackingConfig(
+            **{k: tuple(v) if isinstance(v, list) else v for k, v in d["tracking"].items()}
+        ),
+        preset=preset,
+    )
+
+
+def load_experiment(*sources: Any) -> ExperimentConfig:
+    """ExperimentConfig from YAML paths, dicts and dotlists, later ones winning."""
+    return to_experiment(merge(experiment_schema(), [s for s in sources if s is not None]))
+
+
+__all__ = ["MISSING", "load_experiment", "merge", "to_experiment"]

@@ -1,0 +1,208 @@
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from smollm.ablation import load_ablation, run_ablation
+from smollm.config import ConfigError
+from smollm.results import build_results, mean_ci
+
+ROOT = Path(__file__).resolve().parent.parent
+SMOKE = ROOT / "experiments" / "smoke.yaml"
+
+
+def smol(*args, cwd):
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    return subprocess.run(
+        [sys.executable, "-m", "smollm.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=cwd,
+        env=env,
+    )
+
+
+def deterministic(path: Path) -> str:
+    """summary.csv without the timing column (tokens/s differs between any two runs)."""
+    rows = path.read_text().splitlines()
+    col = rows[0].split(",").index("tokens_per_s")
+    return "\n".join(",".join(c for i, c in enumerate(r.split(",")) if i != col) for r in rows)
+
+
+def test_smoke_ablation_end_to_end_rerun_is_noop_and_rebuild_is_byte_identical(tmp_path):
+    proc = smol(
+        "run",
+        "ablation",
+        str(SMOKE),
+        "--runs-dir",
+        "runs",
+        "--results-dir",
+        "results",
+        "--quiet",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = tmp_path / "results" / "smoke"
+    for name in ("summary.md", "summary.csv", "loss_curves.png"):
+        assert (out / name).is_file()
+    md = (out / "summary.md").read_text()
+    assert (
+        "| full | 2/2 |" in md and "| v1 | 2/2 |" in md and "Provenance" in md and "baseline" in md
+    )
+    assert "smoke" in (tmp_path / "results" / "README.md").read_text()
+    runs = sorted(p.name for p in (tmp_path / "runs" / "smoke").iterdir() if p.is_dir())
+    assert runs == ["full-s0", "full-s1", "v1-s0", "v1-s1"]
+    before = {p: p.read_bytes() for p in out.iterdir()}
+    mtimes = {
+        p: p.stat().st_mtime_ns for p in (tmp_path / "runs" / "smoke").glob("*/checkpoints/*.pt")
+    }
+    again = smol(
+        "run",
+        "ablation",
+        str(SMOKE),
+        "--runs-dir",
+        "runs",
+        "--results-dir",
+        "results",
+        "--quiet",
+        cwd=tmp_path,
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes  # nothing retrained
+    rebuilt = smol(
+        "results", "smoke", "--runs-dir", "runs", "--results-dir", "results", cwd=tmp_path
+    )
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    assert {p: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_interrupted_then_resumed_equals_uninterrupted(tmp_path):
+    ref = smol(
+        "run",
+        "ablation",
+        str(SMOKE),
+        "--runs-dir",
+        "ref",
+        "--results-dir",
+        "ref-results",
+        "--quiet",
+        cwd=tmp_path,
+    )
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "smollm.cli",
+            "run",
+            "ablation",
+            str(SMOKE),
+            "--runs-dir",
+            "runs",
+            "--results-dir",
+            "results",
+            "--quiet",
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 300
+    while (
+        not list((tmp_path / "runs" / "smoke").glob("v1-s0/checkpoints/*.pt"))
+        and time.time() < deadline
+        and proc.poll() is None
+    ):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    resumed = smol(
+        "run",
+        "ablation",
+        str(SMOKE),
+        "--runs-dir",
+        "runs",
+        "--results-dir",
+        "results",
+        "--quiet",
+        cwd=tmp_path,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    for run in ("full-s0", "full-s1", "v1-s0", "v1-s1"):
+        a = (tmp_path / "ref" / "smoke" / run / "metrics.jsonl").read_text()
+        assert (tmp_path / "runs" / "smoke" / run / "metrics.jsonl").read_text() == a, run
+    assert deterministic(tmp_path / "results" / "smoke" / "summary.csv") == deterministic(
+        tmp_path / "ref-results" / "smoke" / "summary.csv"
+    )
+
+
+def test_a_failed_run_is_recorded_and_the_rest_go_on(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    text = SMOKE.read_text().replace(
+        "  - full\n",
+        "  - full\n  - {name: broken, preset: full, overrides: [train.micro_batch_size=3]}\n",
+    )
+    bad.write_text(text)
+    ablation = load_ablation(bad)
+    outcomes = run_ablation(ablation, tmp_path / "runs", progress=False)
+    status = {o["run"]: o["status"] for o in outcomes}
+    assert status["broken-s0"] == "failed" and status["v1-s1"] == "finished"
+    assert (
+        "not a multiple"
+        in json.loads((tmp_path / "runs" / "smoke" / "broken-s0" / "summary.json").read_text())[
+            "error"
+        ]
+    )
+    out = build_results("smoke", tmp_path / "runs", tmp_path / "results")
+    assert "broken (s0: failed; s1: failed) | 0/2" in (out / "summary.md").read_text()
+
+
+@pytest.mark.parametrize(
+    "mutate,match",
+    [
+        (lambda t: t.replace("seeds:", "seedz:"), "unknown ablation key"),
+        (lambda t: t.replace("  - full\n", "  - fulll\n"), "unknown model preset 'fulll'"),
+        (lambda t: t.replace("lr: 0.003", "lrr: 0.003"), "unknown config key 'train.lrr'"),
+        (lambda t: t.replace("baseline: full", "baseline: v9"), "baseline 'v9' is not a variant"),
+        (
+            lambda t: t.replace("  - full\n", "  - full\n  - full-mqa\n"),
+            "'full' and 'full-mqa' resolve to the same experiment",
+        ),
+    ],
+)
+def test_bad_ablation_files_error_before_anything_runs(tmp_path, mutate, match):
+    path = tmp_path / "a.yaml"
+    path.write_text(mutate(SMOKE.read_text()))
+    with pytest.raises(ConfigError, match=match):
+        load_ablation(path)
+    proc = smol("run", "ablation", str(path), "--runs-dir", "runs", cwd=tmp_path)
+    assert (
+        proc.returncode == 2 and "Traceback" not in proc.stderr and not (tmp_path / "runs").exists()
+    )
+
+
+def test_mean_ci_uses_student_t():
+    m, ci = mean_ci([1.0, 2.0, 3.0])
+    assert m == 2.0 and ci == pytest.approx(4.303 * 1.0 / 3**0.5)
+    assert mean_ci([5.0]) == (5.0, None)
+
+
+def test_results_without_runs_is_a_clear_error(tmp_path):
+    proc = smol("results", "nothing", "--runs-dir", "runs", cwd=tmp_path)
+    assert proc.returncode == 2 and "run `smol run ablation` first" in proc.stderr
+
+
+def test_shipped_ablation_files_are_valid():
+    for name in ("default", "smoke", "smollm2-135m"):
+        ablation = load_ablation(ROOT / "experiments" / f"{name}.yaml")
+        assert ablation.baseline in [v.name for v in ablation.variants]
+    default = load_ablation(ROOT / "experiments" / "default.yaml")
+    assert len(default.seeds) >= 2 and {"v1", "v2", "full"} <= {v.name for v in default.variants}
+    assert shutil.which("git")  # provenance records the git SHA

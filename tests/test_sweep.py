@@ -1,0 +1,178 @@
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from smollm.config import ConfigError
+from smollm.sweep import load_sweep, run_sweep, storage_url, write_sweep_results
+
+ROOT = Path(__file__).resolve().parent.parent
+SMOKE = ROOT / "sweeps" / "smoke.yaml"
+
+
+def study(tmp_path, name="smoke"):
+    return optuna.load_study(study_name=name, storage=storage_url(name, tmp_path / "runs", None))
+
+
+def smol(*args, cwd):
+    return subprocess.run(
+        [sys.executable, "-m", "smollm.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=cwd,
+    )
+
+
+def test_smoke_sweep_prunes_a_bad_trial_and_writes_results(tmp_path):
+    proc = smol("sweep", str(SMOKE), "--runs-dir", "runs", "--results-dir", "results", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    s = study(tmp_path)
+    states = [t.state for t in s.trials]
+    assert states.count(TrialState.PRUNED) >= 1 and states.count(TrialState.COMPLETE) >= 2
+    pruned = next(t for t in s.trials if t.state == TrialState.PRUNED)
+    assert pruned.params["train.lr"] == pytest.approx(1e-4)  # the enqueued bad learning rate
+    assert (
+        tmp_path / "runs" / "sweeps" / "smoke" / f"trial-{pruned.number:04d}" / "summary.json"
+    ).is_file()
+    out = tmp_path / "results" / "sweeps" / "smoke"
+    for name in (
+        "summary.md",
+        "trials.csv",
+        "optimization_history.png",
+        "slice.png",
+        "contour.png",
+    ):
+        assert (out / name).is_file(), name
+    assert "**Best**" in (out / "summary.md").read_text()
+    again = smol(
+        "sweep", str(SMOKE), "--runs-dir", "runs", "--results-dir", "results", cwd=tmp_path
+    )  # resume: nothing left
+    assert again.returncode == 0 and len(study(tmp_path).trials) == len(s.trials)
+    show = smol(
+        "sweep", "show", "smoke", "--runs-dir", "runs", "--results-dir", "results", cwd=tmp_path
+    )
+    assert show.returncode == 0 and "Best" in show.stdout
+    assert "sweeps/smoke" in (tmp_path / "results" / "README.md").read_text()
+
+
+def test_killed_worker_trial_is_failed_by_heartbeat_and_retried(tmp_path):
+    args = [
+        sys.executable,
+        "-m",
+        "smollm.cli",
+        "sweep",
+        str(SMOKE),
+        "--runs-dir",
+        "runs",
+        "train.max_steps=40",
+        "train.eval_every=20",
+    ]
+    proc = subprocess.Popen(
+        args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.time() + 120
+    while (
+        not list((tmp_path / "runs" / "sweeps" / "smoke").glob("trial-*/checkpoints/*.pt"))
+        and time.time() < deadline
+    ):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    completed_before = [t.number for t in study(tmp_path).trials if t.state == TrialState.COMPLETE]
+    time.sleep(4)  # past the grace period: the dead worker's heartbeat is stale
+    resumed = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    trials = study(tmp_path).trials
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    assert len(failed) == 1
+    retry = next(t for t in trials if t.system_attrs.get("failed_trial") == failed[0].number)
+    assert retry.state in (TrialState.COMPLETE, TrialState.PRUNED)
+    assert (
+        retry.user_attrs["run_dir"] == failed[0].user_attrs["run_dir"]
+    )  # resumed the same run dir
+    assert all(study(tmp_path).trials[n].state == TrialState.COMPLETE for n in completed_before)
+
+
+def test_two_workers_share_one_sqlite_study(tmp_path):
+    url = run_sweep(str(SMOKE), [], tmp_path / "runs", None, workers=2)
+    s = optuna.load_study(study_name="smoke", storage=url)
+    done = [t for t in s.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(done) >= 4
+    assert len({t.user_attrs["worker_pid"] for t in s.trials}) == 2
+    assert len({t.user_attrs["run_dir"] for t in s.trials}) == len(s.trials)
+
+
+def test_diverging_trial_is_failed_and_the_study_goes_on(tmp_path):
+    path = tmp_path / "div.yaml"
+    text = SMOKE.read_text().replace(
+        "  - {train.lr: 0.01, train.batch_size: 4}\n",
+        "  - {train.lr: 0.01, train.batch_size: 4, model.init_std: 1.0e+30}\n",
+        1,
+    )
+    text = text.replace(
+        "space:\n", "space:\n  model.init_std: {type: categorical, choices: [0.02, 1.0e+30]}\n"
+    )
+    path.write_text(text)
+    run_sweep(str(path), [], tmp_path / "runs", None, workers=1)
+    s = study(tmp_path)
+    failed = [t for t in s.trials if t.state == TrialState.FAIL]
+    assert failed and failed[0].params["model.init_std"] == 1e30
+    assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in s.trials) >= 4
+    write_sweep_results(
+        "smoke", storage_url("smoke", tmp_path / "runs", None), tmp_path / "results"
+    )
+
+
+@pytest.mark.parametrize(
+    "space,match",
+    [
+        ("  train.lr: {type: float, low: 0.1, high: 0.01}", "need low < high"),
+        ("  train.lr: {type: float, low: 0, high: 0.1, log: true}", "low > 0 with log"),
+        ("  train.lr: {type: normal, low: 0, high: 1}", "type: float|int|categorical"),
+        ("  train.lrr: {type: float, low: 0.001, high: 0.1}", "unknown config key 'train.lrr'"),
+        ("  train.batch_size: {type: categorical, choices: []}", "non-empty 'choices'"),
+        ("  train.batch_size: {type: categorical, choices: [0]}", "must be positive"),
+    ],
+)
+def test_bad_search_space_errors_clearly(tmp_path, space, match):
+    text = SMOKE.read_text()
+    head, _, tail = text.partition("space:\n")
+    tail = tail.split("\n", 2)[2]  # drop the two lines of the shipped space
+    path = tmp_path / "s.yaml"
+    path.write_text(f"{head}space:\n{space}\n{tail}")
+    with pytest.raises(ConfigError, match=match):
+        load_sweep(path)
+    proc = smol("sweep", str(path), "--runs-dir", "runs", cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+
+
+def test_shipped_sweep_files_are_valid():
+    for name in ("smoke", "default", "smollm2-135m"):
+        assert load_sweep(ROOT / "sweeps" / f"{name}.yaml").space
+    v1 = load_sweep(ROOT / "sweeps" / "default.yaml", ["model.preset=v1", "model.n_kv_heads=4"])
+    assert v1.experiment({"train.lr": 1e-3, "train.batch_size": 8}, 0).model.norm == "layernorm"
+
+
+def test_ablation_takes_lr_from_a_finished_study(tmp_path, monkeypatch):
+    from smollm.ablation import load_ablation
+
+    run_sweep(str(SMOKE), [], tmp_path / "runs", None, workers=1)
+    best = study(tmp_path).best_params
+    abl = tmp_path / "a.yaml"
+    abl.write_text(
+        (ROOT / "experiments" / "smoke.yaml").read_text()
+        + "from_sweep: {name: smoke, runs_dir: runs}\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    ablation = load_ablation(abl)
+    exp = ablation.experiment(ablation.variants[0], 0)
+    assert (
+        exp.train.lr == pytest.approx(best["train.lr"])
+        and exp.train.batch_size == best["train.batch_size"]
+    )

@@ -1,0 +1,286 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from smollm.checkpoint import checkpoint_paths, load_latest, save_checkpoint
+from smollm.config import ConfigError, TrainConfig
+from smollm.experiment import load_experiment
+from smollm.train import TrainingDiverged, lr_at, train
+
+from .conftest import make_docs, write_jsonl
+
+TINY = [
+    "model.dim=64", "model.n_layers=2", "model.n_heads=4", "model.n_kv_heads=2", "model.intermediate_size=128",
+    "model.max_seq_len=64", "data.seq_len=32", "data.tokenizer=bpe-512", "data.val_fraction=0.1",
+    "train.batch_size=8", "train.micro_batch_size=4", "train.lr=3e-3", "train.warmup_steps=5",
+    "train.eval_every=10", "train.ckpt_every=5", "train.log_every=1", "train.eval_blocks=8", "train.sample_tokens=8",
+    "tracking.mode=disabled",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return write_jsonl(tmp_path_factory.mktemp("corpus") / "c.jsonl", make_docs(400))
+
+
+def tiny_args(corpus, *extra):
+    return [*TINY, f"data.corpus={corpus}", *extra]
+
+
+def run_cli(*args, env=None, timeout=600):
+    env = {**os.environ, "PYTHONHASHSEED": "0", **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "smollm.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+
+
+def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    state, _ = load_latest(run_dir)
+    return state["model"]
+
+
+def test_loss_falls_and_run_dir_is_complete(tmp_path, corpus):
+    exp = load_experiment(
+        tiny_args(corpus, "train.max_steps=40", "train.dropout=0" if False else "train.seed=1")
+    )
+    summary = train(exp, tmp_path / "run", progress=False)
+    rows = [
+        json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    ]
+    losses = [r["train/loss"] for r in rows if "train/loss" in r]
+    assert losses[-1] < losses[0] - 0.5
+    vals = [r["val/loss"] for r in rows if "val/loss" in r]
+    assert len(vals) == 4 and vals[-1] < vals[0]
+    assert summary["status"] == "finished" and summary["tokens"] == 40 * 8 * 32
+    for name in (
+        "config.yaml",
+        "git.json",
+        "metrics.jsonl",
+        "perf.jsonl",
+        "samples.jsonl",
+        "summary.json",
+    ):
+        assert (tmp_path / "run" / name).is_file(), name
+    samples = [
+        json.loads(line) for line in (tmp_path / "run" / "samples.jsonl").read_text().splitlines()
+    ]
+    assert {s["prompt"] for s in samples} == {
+        "Once upon a time",
+        "The United States",
+        "In the beginning",
+    }
+    assert len(checkpoint_paths(tmp_path / "run")) == 2  # keep_checkpoints
+    again = train(exp, tmp_path / "run", progress=False)  # finished: a no-op
+    assert again["step"] == 40
+    rerun = load_experiment(
+        str(tmp_path / "run" / "config.yaml")
+    )  # the written config reruns the run
+    assert rerun.to_dict() == summary["config"] and rerun.model.vocab_size == 512
+
+
+def test_sigkill_at_any_moment_then_resume_is_bitwise_identical(tmp_path, corpus):
+    args = tiny_args(corpus, "train.max_steps=30", "model.dropout=0.1")
+    ref = run_cli("train", *args, "--run-dir", str(tmp_path / "ref"), "--quiet")
+    assert ref.returncode == 0, ref.stderr
+    for delay in (0.5, 1.5):  # into the first steps, and past a few checkpoints
+        run_dir = tmp_path / f"killed-{delay}"
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "smollm.cli",
+                "train",
+                *args,
+                "--run-dir",
+                str(run_dir),
+                "--quiet",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.time() + 120
+        while not checkpoint_paths(run_dir) and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.02)
+        time.sleep(delay * 0.2)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        resumed = run_cli("train", *args, "--run-dir", str(run_dir), "--quiet")
+        assert resumed.returncode == 0, resumed.stderr
+        a, b = final_weights(tmp_path / "ref"), final_weights(run_dir)
+        assert all(torch.equal(a[k], b[k]) for k in a)
+        assert (run_dir / "metrics.jsonl").read_text() == (
+            tmp_path / "ref" / "metrics.jsonl"
+        ).read_text()
+        assert (run_dir / "samples.jsonl").read_text() == (
+            tmp_path / "ref" / "samples.jsonl"
+        ).read_text()
+
+
+def test_checkpoint_write_is_atomic_and_corrupt_files_fall_back(tmp_path, monkeypatch, capsys):
+    save_checkpoint(tmp_path, {"step": 5, "x": torch.ones(3)}, keep=3)
+    real_save = torch.save
+
+    def dying_save(obj, f):
+        Path(f).write_bytes(b"half a file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", dying_save)
+    with pytest.raises(OSError):
+        save_checkpoint(tmp_path, {"step": 10, "x": torch.zeros(3)}, keep=3)
+    monkeypatch.setattr(torch, "save", real_save)
+    assert [p.name for p in checkpoint_paths(tmp_path)] == ["step-00000005.pt"]
+    save_checkpoint(tmp_path, {"step": 10, "x": torch.zeros(3)}, keep=3)
+    (tmp_path / "checkpoints" / "step-00000010.pt").write_bytes(b"corrupted")
+    state, path = load_latest(tmp_path)
+    assert state["step"] == 5 and path.name == "step-00000005.pt"
+    assert "step-00000010.pt is corrupt" in capsys.readouterr().err
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, corpus, monkeypatch):
+    import smollm.train as tr
+
+    calls = {"n": 0}
+    real_ce = torch.nn.functional.cross_entropy
+
+    def poisoned(*a, **k):
+        calls["n"] += 1
+        loss = real_ce(*a, **k)
+        return loss * float("nan") if calls["n"] > 2 * 7 else loss  # 2 micro-batches per step
+
+    monkeypatch.setattr(tr.F, "cross_entropy", poisoned)
+    exp = load_experiment(tiny_args(corpus, "train.max_steps=20", "train.eval_every=100"))
+    with pytest.raises(TrainingDiverged, match="loss is nan .* at step 8"):
+        train(exp, tmp_path / "run", progress=False)
+    assert [p.name for p in checkpoint_paths(tmp_path / "run")] == ["step-00000005.pt"]
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "diverged"
+
+
+def test_offline_wandb_run_is_written_with_metrics(tmp_path, corpus):
+    exp = load_experiment(
+        tiny_args(corpus, "train.max_steps=10", "tracking.mode=offline", "tracking.group=g1")
+    )
+    train(exp, tmp_path / "run", progress=False)
+    files = list((tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(files) == 1
+    data = files[0].read_bytes()
+    assert b"train/loss" in data and b"val/bpb" in data and b"g1" in data
+
+
+def test_two_process_torchrun_equals_one_process(tmp_path, corpus):
+    args = tiny_args(
+        corpus,
+        "train.max_steps=6",
+        "train.micro_batch_size=4",
+        "train.eval_every=100",
+        "train.ckpt_every=100",
+    )
+    one = run_cli("train", *args, "--run-dir", str(tmp_path / "one"), "--quiet")
+    assert one.returncode == 0, one.stderr
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    two = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "smollm.cli", "train", *args, "--run-dir", str(tmp_path / "two"), "--quiet"],
+        capture_output=True, text=True, timeout=600, env=env,
+    )  # fmt: skip
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = final_weights(tmp_path / "one"), final_weights(tmp_path / "two")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+    la = [
+        json.loads(x)["train/loss"]
+        for x in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()
+        if "train/loss" in x
+    ]
+    lb = [
+        json.loads(x)["train/loss"]
+        for x in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()
+        if "train/loss" in x
+    ]
+    assert la == pytest.approx(lb, rel=1e-4)
+
+
+def test_schedules():
+    wsd = TrainConfig(lr=1.0, max_steps=100, warmup_steps=10, decay_fraction=0.2)
+    assert lr_at(0, wsd, 100) == pytest.approx(0.1) and lr_at(9, wsd, 100) == 1.0
+    assert lr_at(50, wsd, 100) == 1.0 and lr_at(79, wsd, 100) == 1.0
+    assert lr_at(89, wsd, 100) == pytest.approx(0.5) and lr_at(99, wsd, 100) == pytest.approx(0.0)
+    cos = TrainConfig(lr=1.0, max_steps=100, warmup_steps=10, schedule="cosine", min_lr_ratio=0.1)
+    assert lr_at(10, cos, 100) == pytest.approx(1.0) and lr_at(55, cos, 100) == pytest.approx(0.55)
+    assert lr_at(100, cos, 100) == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize(
+    "override,match",
+    [("train.lrr=1", "unknown config key 'train.lrr'"), ("model.preset=v9", "unknown model preset 'v9'"),
+     ("train.schedule=linear", "choose wsd or cosine"), ("train.batch_size=abc", "train.batch_size"),
+     ("train.batch_size=6", "not a multiple of micro_batch_size")],
+)  # fmt: skip
+def test_config_errors_are_one_line(tmp_path, corpus, override, match):
+    proc = run_cli(
+        "train", *tiny_args(corpus, "train.max_steps=3", override), "--run-dir", str(tmp_path / "r")
+    )
+    assert proc.returncode == 2
+    assert match in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_export_trained_run_and_refuse_v1(tmp_path, corpus):
+    from transformers import AutoModelForCausalLM
+
+    from smollm import SmolLM
+
+    exp = load_experiment(tiny_args(corpus, "train.max_steps=5"))
+    train(exp, tmp_path / "run", progress=False)
+    proc = run_cli("export", str(tmp_path / "run"), str(tmp_path / "hf"))
+    assert proc.returncode == 0, proc.stderr
+    ours = SmolLM.from_pretrained(str(tmp_path / "run"))
+    ref = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    ids = torch.randint(0, 512, (1, 16))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(ids), ref(ids).logits, rtol=0, atol=1e-5)
+    exp = load_experiment(
+        tiny_args(corpus, "train.max_steps=2", "model.preset=v1", "model.n_kv_heads=4")
+    )
+    train(exp, tmp_path / "v1", progress=False)
+    proc = run_cli("export", str(tmp_path / "v1"), str(tmp_path / "hf1"))
+    assert (
+        proc.returncode == 2
+        and "cannot express this variant (learned position embeddings, LayerNorm" in proc.stderr
+    )
+    assert not (tmp_path / "hf1").exists()
+
+
+def test_overfit_one_batch_of_real_text():
+    proc = run_cli(
+        "overfit",
+        "full",
+        "dim=64",
+        "n_layers=2",
+        "n_heads=4",
+        "n_kv_heads=2",
+        "intermediate_size=128",
+        "--steps",
+        "150",
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    first, last = (float(v) for v in proc.stdout.split("loss ")[1].split("  ")[0].split(" -> "))
+    assert first > 10.5 and last < 0.5
+
+
+def test_max_tokens_sets_the_step_count():
+    exp = load_experiment(["train.max_tokens=10000", "train.batch_size=4", "data.seq_len=256"])
+    from smollm.train import batch_plan
+
+    assert batch_plan(exp.train, 256, 1) == (4, 1, 10)
+    with pytest.raises(ConfigError, match="set train.max_steps or train.max_tokens"):
+        load_experiment([])
