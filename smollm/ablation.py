@@ -16,7 +16,6 @@ Runs land in runs/<name>/<variant>-s<seed>/; one W&B group per ablation.
 from __future__ import annotations
 
 import json
-import platform
 import sys
 import time
 import traceback
@@ -24,11 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from omegaconf import OmegaConf
 
 from smollm.config import ConfigError, DataConfig, ExperimentConfig, SmolError
 from smollm.experiment import experiment_schema, merge, to_experiment
+from smollm.tracking import machine
 
 ABLATION_KEYS = {
     "name",
@@ -153,32 +152,6 @@ def load_ablation(path: str | Path, overrides: list[str] | None = None) -> Ablat
             f"{path}: baseline {ablation.baseline!r} is not a variant ({', '.join(names)})"
         )
     return ablation
-
-
-def machine() -> dict[str, Any]:
-    """What the runs ran on, for the provenance line of the tables."""
-    info = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-    }
-    if torch.cuda.is_available():
-        info["device"] = torch.cuda.get_device_name()
-    else:
-        cpu = (
-            next(
-                (
-                    line.split(":", 1)[1].strip()
-                    for line in Path("/proc/cpuinfo").read_text().splitlines()
-                    if line.startswith("model name")
-                ),
-                platform.processor(),
-            )
-            if Path("/proc/cpuinfo").is_file()
-            else platform.processor()
-        )
-        info["device"] = f"CPU: {cpu}"
-    return info
 
 
 def run_ablation(

@@ -151,9 +151,12 @@ def make_storage(
 ):  # noqa: ANN201
     """RDB storage with heartbeats: a dead worker's trial is failed after grace_period and retried."""
     import inspect
+    import warnings
 
+    import optuna
     from optuna.storages import RDBStorage
 
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     retry = _retry_callback()(max_retry=max_retry, inherit_intermediate_values=True)
     hook = (
         "heartbeat_stale_trial_callback"
@@ -357,6 +360,26 @@ def best_params(name: str, url: str) -> dict[str, Any]:
         raise SmolError(f"study {name!r} has no completed trial yet") from None
 
 
+def _provenance(study, url: str, name: str) -> str:  # noqa: ANN001
+    """Where and with which code the trials ran (from their run directories)."""
+    from smollm.tracking import machine
+
+    shas = set()
+    for t in study.trials:
+        git = Path(t.user_attrs.get("run_dir", "")) / "git.json"
+        if git.is_file():
+            info = json.loads(git.read_text())
+            shas.add(
+                f"{(info.get('sha') or 'unknown')[:10]}{' (dirty)' if info.get('dirty') else ''}"
+            )
+    m = machine()
+    return (
+        f"**Provenance.** Optuna study `{name}` in `{url}`, trials run by `smol sweep` on {m['device']} "
+        f"({m['threads']} threads, torch {m['torch']}), code at git {', '.join(sorted(shas)) or 'unknown'}; "
+        f"rebuilt by `smol sweep show {name}`."
+    )
+
+
 def write_sweep_results(name: str, url: str, out_root: Path) -> Path:
     """results/sweeps/<name>/: summary.md, trials.csv, importances and Optuna's plots."""
     import csv
@@ -393,12 +416,7 @@ def write_sweep_results(name: str, url: str, out_root: Path) -> Path:
         writer.writeheader()
         writer.writerows(rows)
     complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
-    lines = [
-        f"# Sweep `{name}`",
-        "",
-        f"Optuna study in `{url}`; rebuilt by `smol sweep show {name}`.",
-        "",
-    ]
+    lines = [f"# Sweep `{name}`", "", _provenance(study, url, name), ""]
     counts = {s.name: sum(t.state == s for t in study.trials) for s in TrialState}
     lines.append("Trials: " + ", ".join(f"{v} {k.lower()}" for k, v in counts.items() if v) + ".")
     if complete:

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import secrets
 import subprocess
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from smollm.config import TrackingConfig
 
@@ -33,6 +36,32 @@ def git_info(repo: Path | None = None) -> dict[str, Any]:
     except (OSError, subprocess.SubprocessError):
         return {"sha": None, "dirty": None, "diff": ""}
     return {"sha": sha or None, "dirty": bool(diff.strip()), "diff": diff}
+
+
+def machine() -> dict[str, Any]:
+    """What the runs ran on, for the provenance line of the tables."""
+    info = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }
+    if torch.cuda.is_available():
+        info["device"] = torch.cuda.get_device_name()
+    else:
+        cpu = (
+            next(
+                (
+                    line.split(":", 1)[1].strip()
+                    for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.startswith("model name")
+                ),
+                platform.processor(),
+            )
+            if Path("/proc/cpuinfo").is_file()
+            else platform.processor()
+        )
+        info["device"] = f"CPU: {cpu}"
+    return info
 
 
 def wandb_mode(requested: str) -> str:
