@@ -23,10 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
-
 from smollm.config import ConfigError, DataConfig, ExperimentConfig, SmolError
-from smollm.experiment import experiment_schema, merge, to_experiment
+from smollm.experiment import experiment_schema, merge, read_mapping, to_experiment
 from smollm.tracking import machine
 
 ABLATION_KEYS = {
@@ -111,16 +109,7 @@ def _swept(spec: Any) -> list[str]:
 
 def load_ablation(path: str | Path, overrides: list[str] | None = None) -> Ablation:
     """Read an ablation file; dotlist overrides apply to the base experiment (e.g. train.max_steps=5)."""
-    if not Path(path).is_file():
-        raise ConfigError(f"ablation file {str(path)!r} not found")
-    raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping with name, base, variants, seeds")
-    unknown = set(raw) - ABLATION_KEYS
-    if unknown:
-        raise ConfigError(
-            f"{path}: unknown ablation key(s) {', '.join(sorted(unknown))}; valid: {', '.join(sorted(ABLATION_KEYS))}"
-        )
+    raw = read_mapping(path, "ablation", ABLATION_KEYS)
     base = merge(
         experiment_schema(),
         [raw.get("base") or {}, _swept(raw.get("from_sweep")), list(overrides or [])],

@@ -121,6 +121,24 @@ def to_experiment(cfg: Any) -> ExperimentConfig:
     )
 
 
+def read_mapping(path: str | Path, kind: str, valid: set[str]) -> dict[str, Any]:
+    """A YAML file holding a mapping whose keys are all in `valid` (ablation and sweep files)."""
+    if not Path(path).is_file():
+        raise ConfigError(f"{kind} file {str(path)!r} not found")
+    try:
+        raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    except Exception as e:  # YAML syntax errors
+        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of {', '.join(sorted(valid))}")
+    unknown = set(raw) - valid
+    if unknown:
+        raise ConfigError(
+            f"{path}: unknown {kind} key(s) {', '.join(sorted(unknown))}; valid: {', '.join(sorted(valid))}"
+        )
+    return raw
+
+
 def load_experiment(*sources: Any) -> ExperimentConfig:
     """ExperimentConfig from YAML paths, dicts and dotlists, later ones winning."""
     return to_experiment(merge(experiment_schema(), [s for s in sources if s is not None]))

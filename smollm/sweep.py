@@ -24,10 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
-
 from smollm.config import ConfigError, ExperimentConfig, SmolError
-from smollm.experiment import experiment_schema, merge, to_experiment
+from smollm.experiment import experiment_schema, merge, read_mapping, to_experiment
 
 SWEEP_KEYS = {"name", "description", "base", "space", "objective", "sampler", "pruner", "n_trials", "timeout", "heartbeat_interval", "grace_period", "max_retry", "enqueue"}  # fmt: skip
 OBJECTIVES = ("val_loss", "val_bpb")
@@ -90,16 +88,7 @@ def _param(key: str, spec: Any) -> Param:
 
 def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
     """Read and validate a sweep file; dotlist overrides apply to the base experiment."""
-    if not Path(path).is_file():
-        raise ConfigError(f"sweep file {str(path)!r} not found")
-    raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping with name, base, space")
-    unknown = set(raw) - SWEEP_KEYS
-    if unknown:
-        raise ConfigError(
-            f"{path}: unknown sweep key(s) {', '.join(sorted(unknown))}; valid: {', '.join(sorted(SWEEP_KEYS))}"
-        )
+    raw = read_mapping(path, "sweep", SWEEP_KEYS)
     space = tuple(_param(k, v) for k, v in (raw.get("space") or {}).items())
     if not space:
         raise ConfigError(f"{path}: empty search space")

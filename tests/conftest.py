@@ -101,3 +101,19 @@ def make_docs(n: int, seed: int = 0) -> list[str]:
         " ".join(rng.choice(words) for _ in range(rng.randint(20, 80))) + f" doc{i}."
         for i in range(n)
     ]
+
+
+def smol(*args: str, cwd=None, timeout: int = 600):
+    """Run the real `smol` entry point in a subprocess: exit codes and stderr as a user sees them."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    return subprocess.run(
+        [sys.executable, "-m", "smollm.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
+        env=env,
+    )

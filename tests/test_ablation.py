@@ -1,5 +1,4 @@
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -13,19 +12,23 @@ from smollm.ablation import load_ablation, run_ablation
 from smollm.config import ConfigError
 from smollm.results import build_results, mean_ci
 
+from .conftest import smol
+
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE = ROOT / "experiments" / "smoke.yaml"
 
 
-def smol(*args, cwd):
-    env = {**os.environ, "PYTHONHASHSEED": "0"}
-    return subprocess.run(
-        [sys.executable, "-m", "smollm.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=600,
+def run_smoke(cwd: Path, runs: str = "runs", results: str = "results"):
+    return smol(
+        "run",
+        "ablation",
+        str(SMOKE),
+        "--runs-dir",
+        runs,
+        "--results-dir",
+        results,
+        "--quiet",
         cwd=cwd,
-        env=env,
     )
 
 
@@ -37,17 +40,7 @@ def deterministic(path: Path) -> str:
 
 
 def test_smoke_ablation_end_to_end_rerun_is_noop_and_rebuild_is_byte_identical(tmp_path):
-    proc = smol(
-        "run",
-        "ablation",
-        str(SMOKE),
-        "--runs-dir",
-        "runs",
-        "--results-dir",
-        "results",
-        "--quiet",
-        cwd=tmp_path,
-    )
+    proc = run_smoke(tmp_path, "runs", "results")
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = tmp_path / "results" / "smoke"
     for name in ("summary.md", "summary.csv", "loss_curves.png"):
@@ -63,17 +56,7 @@ def test_smoke_ablation_end_to_end_rerun_is_noop_and_rebuild_is_byte_identical(t
     mtimes = {
         p: p.stat().st_mtime_ns for p in (tmp_path / "runs" / "smoke").glob("*/checkpoints/*.pt")
     }
-    again = smol(
-        "run",
-        "ablation",
-        str(SMOKE),
-        "--runs-dir",
-        "runs",
-        "--results-dir",
-        "results",
-        "--quiet",
-        cwd=tmp_path,
-    )
+    again = run_smoke(tmp_path, "runs", "results")
     assert again.returncode == 0, again.stderr[-3000:]
     assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes  # nothing retrained
     rebuilt = smol(
@@ -84,17 +67,7 @@ def test_smoke_ablation_end_to_end_rerun_is_noop_and_rebuild_is_byte_identical(t
 
 
 def test_interrupted_then_resumed_equals_uninterrupted(tmp_path):
-    ref = smol(
-        "run",
-        "ablation",
-        str(SMOKE),
-        "--runs-dir",
-        "ref",
-        "--results-dir",
-        "ref-results",
-        "--quiet",
-        cwd=tmp_path,
-    )
+    ref = run_smoke(tmp_path, "ref", "ref-results")
     assert ref.returncode == 0, ref.stderr[-2000:]
     proc = subprocess.Popen(
         [
@@ -123,17 +96,7 @@ def test_interrupted_then_resumed_equals_uninterrupted(tmp_path):
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    resumed = smol(
-        "run",
-        "ablation",
-        str(SMOKE),
-        "--runs-dir",
-        "runs",
-        "--results-dir",
-        "results",
-        "--quiet",
-        cwd=tmp_path,
-    )
+    resumed = run_smoke(tmp_path, "runs", "results")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     for run in ("full-s0", "full-s1", "v1-s0", "v1-s1"):
         a = (tmp_path / "ref" / "smoke" / run / "metrics.jsonl").read_text()

@@ -1,18 +1,10 @@
-import subprocess
-import sys
-
 from typer.testing import CliRunner
 
 from smollm.cli import app
 
+from .conftest import smol
+
 runner = CliRunner()
-
-
-def smol(*args: str) -> subprocess.CompletedProcess:
-    """Run the real console entry point in a subprocess (exit codes and stderr as a user sees them)."""
-    return subprocess.run(
-        [sys.executable, "-m", "smollm.cli", *args], capture_output=True, text=True, timeout=300
-    )
 
 
 def test_inspect_prints_exact_counts():

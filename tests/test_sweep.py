@@ -11,22 +11,14 @@ from optuna.trial import TrialState
 from smollm.config import ConfigError
 from smollm.sweep import load_sweep, run_sweep, storage_url, write_sweep_results
 
+from .conftest import smol
+
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE = ROOT / "sweeps" / "smoke.yaml"
 
 
 def study(tmp_path, name="smoke"):
     return optuna.load_study(study_name=name, storage=storage_url(name, tmp_path / "runs", None))
-
-
-def smol(*args, cwd):
-    return subprocess.run(
-        [sys.executable, "-m", "smollm.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=cwd,
-    )
 
 
 def test_smoke_sweep_prunes_a_bad_trial_and_writes_results(tmp_path):

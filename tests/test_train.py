@@ -14,7 +14,7 @@ from smollm.config import ConfigError, TrainConfig
 from smollm.experiment import load_experiment
 from smollm.train import TrainingDiverged, lr_at, train
 
-from .conftest import make_docs, write_jsonl
+from .conftest import make_docs, smol, write_jsonl
 
 TINY = [
     "model.dim=64", "model.n_layers=2", "model.n_heads=4", "model.n_kv_heads=2", "model.intermediate_size=128",
@@ -32,17 +32,6 @@ def corpus(tmp_path_factory):
 
 def tiny_args(corpus, *extra):
     return [*TINY, f"data.corpus={corpus}", *extra]
-
-
-def run_cli(*args, env=None, timeout=600):
-    env = {**os.environ, "PYTHONHASHSEED": "0", **(env or {})}
-    return subprocess.run(
-        [sys.executable, "-m", "smollm.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-    )
 
 
 def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -91,7 +80,7 @@ def test_loss_falls_and_run_dir_is_complete(tmp_path, corpus):
 
 def test_sigkill_at_any_moment_then_resume_is_bitwise_identical(tmp_path, corpus):
     args = tiny_args(corpus, "train.max_steps=30", "model.dropout=0.1")
-    ref = run_cli("train", *args, "--run-dir", str(tmp_path / "ref"), "--quiet")
+    ref = smol("train", *args, "--run-dir", str(tmp_path / "ref"), "--quiet")
     assert ref.returncode == 0, ref.stderr
     for delay in (0.5, 1.5):  # into the first steps, and past a few checkpoints
         run_dir = tmp_path / f"killed-{delay}"
@@ -115,7 +104,7 @@ def test_sigkill_at_any_moment_then_resume_is_bitwise_identical(tmp_path, corpus
         time.sleep(delay * 0.2)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        resumed = run_cli("train", *args, "--run-dir", str(run_dir), "--quiet")
+        resumed = smol("train", *args, "--run-dir", str(run_dir), "--quiet")
         assert resumed.returncode == 0, resumed.stderr
         a, b = final_weights(tmp_path / "ref"), final_weights(run_dir)
         assert all(torch.equal(a[k], b[k]) for k in a)
@@ -185,7 +174,7 @@ def test_two_process_torchrun_equals_one_process(tmp_path, corpus):
         "train.eval_every=100",
         "train.ckpt_every=100",
     )
-    one = run_cli("train", *args, "--run-dir", str(tmp_path / "one"), "--quiet")
+    one = smol("train", *args, "--run-dir", str(tmp_path / "one"), "--quiet")
     assert one.returncode == 0, one.stderr
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     two = subprocess.run(
@@ -226,7 +215,7 @@ def test_schedules():
      ("train.batch_size=6", "not a multiple of micro_batch_size")],
 )  # fmt: skip
 def test_config_errors_are_one_line(tmp_path, corpus, override, match):
-    proc = run_cli(
+    proc = smol(
         "train", *tiny_args(corpus, "train.max_steps=3", override), "--run-dir", str(tmp_path / "r")
     )
     assert proc.returncode == 2
@@ -241,7 +230,7 @@ def test_export_trained_run_and_refuse_v1(tmp_path, corpus):
 
     exp = load_experiment(tiny_args(corpus, "train.max_steps=5"))
     train(exp, tmp_path / "run", progress=False)
-    proc = run_cli("export", str(tmp_path / "run"), str(tmp_path / "hf"))
+    proc = smol("export", str(tmp_path / "run"), str(tmp_path / "hf"))
     assert proc.returncode == 0, proc.stderr
     ours = SmolLM.from_pretrained(str(tmp_path / "run"))
     ref = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
@@ -252,7 +241,7 @@ def test_export_trained_run_and_refuse_v1(tmp_path, corpus):
         tiny_args(corpus, "train.max_steps=2", "model.preset=v1", "model.n_kv_heads=4")
     )
     train(exp, tmp_path / "v1", progress=False)
-    proc = run_cli("export", str(tmp_path / "v1"), str(tmp_path / "hf1"))
+    proc = smol("export", str(tmp_path / "v1"), str(tmp_path / "hf1"))
     assert (
         proc.returncode == 2
         and "cannot express this variant (learned position embeddings, LayerNorm" in proc.stderr
@@ -261,7 +250,7 @@ def test_export_trained_run_and_refuse_v1(tmp_path, corpus):
 
 
 def test_overfit_one_batch_of_real_text():
-    proc = run_cli(
+    proc = smol(
         "overfit",
         "full",
         "dim=64",
