@@ -26,7 +26,15 @@ from tqdm.auto import tqdm
 
 from smollm.checkpoint import load_latest, rng_state, save_checkpoint, set_rng_state
 from smollm.config import ExperimentConfig, SmolError, TrainConfig, flops_per_token
-from smollm.data import BlockLoader, evaluate, prepare
+from smollm.data import (
+    BlockLoader,
+    StreamLoader,
+    evaluate,
+    prepare,
+    resolve_corpus,
+    train_documents,
+)
+from smollm.data.vocab import encode_batch, endoftext_id
 from smollm.generation import generate
 from smollm.model import SmolLM
 from smollm.tracking import Tracker, git_info
@@ -280,6 +288,23 @@ def _data(exp: ExperimentConfig, ddp: Dist, progress: bool):  # noqa: ANN202
     return cache, tok
 
 
+def make_loader(exp: ExperimentConfig, cache, tok, ddp: Dist):  # noqa: ANN001, ANN201
+    """Shuffled blocks from the cache, or (data.stream) blocks tokenised on the fly in corpus order."""
+    seq_len = exp.data.seq_len
+    if not exp.data.stream:
+        return BlockLoader(cache, seq_len, exp.train.seed, ddp.rank, ddp.world_size)
+    corpus = resolve_corpus(exp.data.corpus, exp.data.text_field, exp.data.max_docs)
+    docs = train_documents(corpus, exp.data.val_fraction)
+    return StreamLoader(
+        docs,
+        lambda batch: encode_batch(tok, batch),
+        endoftext_id(tok),
+        seq_len,
+        ddp.rank,
+        ddp.world_size,
+    )
+
+
 def _wrap(raw_model: SmolLM, tc: TrainConfig, ddp: Dist, device: torch.device) -> torch.nn.Module:
     model: torch.nn.Module = raw_model
     if ddp.world_size > 1:
@@ -316,7 +341,7 @@ def train(
     random.seed(tc.seed)
     raw_model = SmolLM(exp.model).to(device)
     optimizer = make_optimizer(raw_model, tc, device)
-    loader = BlockLoader(cache, seq_len, tc.seed, ddp.rank, ddp.world_size)
+    loader = make_loader(exp, cache, tok, ddp)
     run_dir.mkdir(parents=True, exist_ok=True)
     step, tokens = restore(run_dir, exp, raw_model, optimizer, loader)
     if step == 0:

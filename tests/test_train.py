@@ -78,42 +78,53 @@ def test_loss_falls_and_run_dir_is_complete(tmp_path, corpus):
     assert rerun.to_dict() == summary["config"] and rerun.model.vocab_size == 512
 
 
+def kill_after_first_checkpoint(args: list[str], run_dir: Path, delay: float) -> None:
+    """Start `smol train`, SIGKILL it `delay` seconds after its first checkpoint appears."""
+    cmd = [sys.executable, "-m", "smollm.cli", "train", *args, "--run-dir", str(run_dir), "--quiet"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not checkpoint_paths(run_dir) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    time.sleep(delay)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    wa, wb = final_weights(a), final_weights(b)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    for name in ("metrics.jsonl", "samples.jsonl"):
+        assert (b / name).read_text() == (a / name).read_text(), name
+
+
 def test_sigkill_at_any_moment_then_resume_is_bitwise_identical(tmp_path, corpus):
     args = tiny_args(corpus, "train.max_steps=30", "model.dropout=0.1")
     ref = smol("train", *args, "--run-dir", str(tmp_path / "ref"), "--quiet")
     assert ref.returncode == 0, ref.stderr
-    for delay in (0.5, 1.5):  # into the first steps, and past a few checkpoints
+    for delay in (0.1, 0.3):  # into the first steps, and past a few checkpoints
         run_dir = tmp_path / f"killed-{delay}"
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "smollm.cli",
-                "train",
-                *args,
-                "--run-dir",
-                str(run_dir),
-                "--quiet",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.time() + 120
-        while not checkpoint_paths(run_dir) and time.time() < deadline and proc.poll() is None:
-            time.sleep(0.02)
-        time.sleep(delay * 0.2)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        kill_after_first_checkpoint(args, run_dir, delay)
         resumed = smol("train", *args, "--run-dir", str(run_dir), "--quiet")
         assert resumed.returncode == 0, resumed.stderr
-        a, b = final_weights(tmp_path / "ref"), final_weights(run_dir)
-        assert all(torch.equal(a[k], b[k]) for k in a)
-        assert (run_dir / "metrics.jsonl").read_text() == (
-            tmp_path / "ref" / "metrics.jsonl"
-        ).read_text()
-        assert (run_dir / "samples.jsonl").read_text() == (
-            tmp_path / "ref" / "samples.jsonl"
-        ).read_text()
+        assert_same_run(tmp_path / "ref", run_dir)
+
+
+def test_streamed_corpus_trains_resumes_exactly_and_reports_running_out(tmp_path, corpus):
+    args = tiny_args(corpus, "data.stream=true", "train.max_steps=16", "train.ckpt_every=4")
+    ref = smol("train", *args, "--run-dir", str(tmp_path / "ref"), "--quiet")
+    assert ref.returncode == 0, ref.stderr
+    kill_after_first_checkpoint(args, tmp_path / "killed", 0.2)
+    resumed = smol("train", *args, "--run-dir", str(tmp_path / "killed"), "--quiet")
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same_run(tmp_path / "ref", tmp_path / "killed")
+    long = smol(
+        "train",
+        *tiny_args(corpus, "data.stream=true", "train.max_steps=100000"),
+        "--run-dir",
+        str(tmp_path / "long"),
+        "--quiet",
+    )
+    assert long.returncode == 2 and "streamed corpus ran out after" in long.stderr
 
 
 def test_checkpoint_write_is_atomic_and_corrupt_files_fall_back(tmp_path, monkeypatch, capsys):

@@ -11,10 +11,12 @@ never leaves a cache that looks complete. Shard sizes and SHA-256 sums are check
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +38,8 @@ PIPELINE_VERSION = 1
 SPLITS = ("train", "val")
 SHARD_TOKENS = 1 << 27  # 128M tokens (256 MB at uint16) per shard
 BATCH_DOCS = 256
+STREAM_VAL_DOCS = 1000  # validation documents cached from a streamed corpus
+BPE_TRAIN_DOCS = 100_000  # documents a bpe-N tokenizer is trained on, at most
 
 
 class CacheError(SmolError):
@@ -64,6 +68,7 @@ def cache_key(corpus: Corpus, cfg: DataConfig) -> str:
         tokenizer_identity(cfg.tokenizer),
         f"val={cfg.val_fraction}",
         f"max={cfg.max_docs}",
+        *(["stream"] if cfg.stream else []),  # a streamed corpus caches its validation split only
         f"v{PIPELINE_VERSION}",
     ]
     digest = hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
@@ -76,11 +81,30 @@ def prepare(cfg: DataConfig, progress: bool = True) -> tuple[TokenCache, object]
     corpus = resolve_corpus(cfg.corpus, cfg.text_field, cfg.max_docs)
     key = cache_key(corpus, cfg)
     path = assets.cache_dir() / "data" / key
-    train_docs = (d for d in corpus.documents() if not is_validation(d, cfg.val_fraction))
+    train_docs = itertools.islice(train_documents(corpus, cfg.val_fraction), BPE_TRAIN_DOCS)
     tokenizer = get_tokenizer(cfg.tokenizer, train_docs, key=key)
     if not (path / "meta.json").is_file():
         _build(corpus, cfg, tokenizer, path, progress)
     return open_cache(path), tokenizer
+
+
+def train_documents(corpus: Corpus, val_fraction: float) -> Iterator[str]:
+    """The training split's documents, in corpus order (what a streamed run trains on)."""
+    return (d for d in corpus.documents() if not is_validation(d, val_fraction))
+
+
+def _cached_documents(corpus: Corpus, cfg: DataConfig) -> Iterator[str]:
+    """Every document, or for a streamed corpus its first STREAM_VAL_DOCS validation documents."""
+    if not cfg.stream:
+        yield from corpus.documents()
+        return
+    kept = 0
+    for doc in corpus.documents():
+        if is_validation(doc, cfg.val_fraction):
+            yield doc
+            kept += 1
+            if kept == STREAM_VAL_DOCS:
+                return
 
 
 def open_cache(path: Path, verify: bool = True) -> TokenCache:
@@ -171,7 +195,7 @@ def _build(corpus: Corpus, cfg: DataConfig, tokenizer, path: Path, progress: boo
         writers = {s: _ShardWriter(tmp, s, dtype) for s in SPLITS}
         bar = tqdm(desc=f"tokenising {corpus.name}", unit=" docs", disable=not progress)
         batch: list[str] = []
-        for doc in corpus.documents():
+        for doc in _cached_documents(corpus, cfg):
             batch.append(doc)
             if len(batch) == BATCH_DOCS:
                 _write_batch(batch, tokenizer, eot, dtype, writers, cfg.val_fraction)
@@ -180,7 +204,7 @@ def _build(corpus: Corpus, cfg: DataConfig, tokenizer, path: Path, progress: boo
         _write_batch(batch, tokenizer, eot, dtype, writers, cfg.val_fraction)
         bar.update(len(batch))
         bar.close()
-        _check_splits(corpus, writers)
+        _check_splits(corpus, writers, splits=("val",) if cfg.stream else SPLITS)
         meta = {
             "version": PIPELINE_VERSION,
             "corpus": corpus.name,
@@ -217,12 +241,12 @@ def _write_batch(
         w.bytes += len(text.encode("utf-8"))
 
 
-def _check_splits(corpus: Corpus, writers: dict) -> None:
+def _check_splits(corpus: Corpus, writers: dict, splits: tuple[str, ...]) -> None:
     total = sum(w.docs for w in writers.values())
     if total == 0:
         raise CacheError(f"corpus {corpus.name!r} is empty: no documents with text")
-    for split, w in writers.items():
-        if w.tokens < 2:
+    for split in splits:
+        if writers[split].tokens < 2:
             raise CacheError(
                 f"corpus {corpus.name!r}: the {split} split is empty ({total} documents in all); "
                 "add documents or change data.val_fraction"

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from smollm.config import SmolError
 from smollm.data.cache import TokenCache
 
 
@@ -118,6 +119,7 @@ class StreamLoader:
     ) -> None:  # noqa: ANN001
         self.seq_len, self.rank, self.world_size = seq_len, rank, world_size
         self.consumed = 0
+        self.epoch = 0  # a stream is read once
         self._queue: queue.Queue = queue.Queue(maxsize=prefetch)
         self._worker = threading.Thread(
             target=self._produce, args=(documents, encode, eot), daemon=True
@@ -141,7 +143,9 @@ class StreamLoader:
     def _take(self) -> np.ndarray:
         item = self._queue.get()
         if item is None:
-            raise StopIteration("the streamed corpus is exhausted")
+            raise SmolError(
+                f"the streamed corpus ran out after {self.consumed} blocks; lower train.max_steps or train.max_tokens"
+            )
         if isinstance(item, Exception):
             raise item
         return item
