@@ -36,14 +36,17 @@ def copy_bandwidth(n_bytes: int = 512 << 20, repeats: int = 10) -> float:
     return n_bytes / best
 
 
-def time_generate(fn, repeats: int) -> float:  # noqa: ANN001
-    fn()  # warm-up (allocator, MKL/oneDNN kernels)
-    times = []
+def time_pair(ours, ref, repeats: int) -> tuple[float, float]:  # noqa: ANN001
+    """Median seconds of each, with the repeats interleaved so drift hits both alike."""
+    ours()
+    ref()  # warm-up (allocator, MKL/oneDNN kernels)
+    t_ours, t_ref = [], []
     for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+        for fn, times in ((ours, t_ours), (ref, t_ref)):
+            t = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t)
+    return statistics.median(t_ours), statistics.median(t_ref)
 
 
 def main() -> None:
@@ -51,7 +54,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--new-tokens", type=int, default=128)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--dtypes", default="fp32,bf16")
     p.add_argument("--prompt", default="Once upon a time")
     args = p.parse_args()
@@ -80,9 +83,9 @@ def main() -> None:
                 ids, max_new_tokens=n, min_new_tokens=n, do_sample=False, eos_token_id=None
             )
         same = "same tokens" if torch.equal(out_ours, out_ref) else "tokens differ"
-        t_ours = time_generate(lambda ours=ours: ours.generate(ids, max_new_tokens=n), args.repeats)
         with torch.inference_mode():
-            t_ref = time_generate(
+            t_ours, t_ref = time_pair(
+                lambda ours=ours: ours.generate(ids, max_new_tokens=n),
                 lambda ref=ref: ref.generate(
                     ids, max_new_tokens=n, min_new_tokens=n, do_sample=False, eos_token_id=None
                 ),
