@@ -403,7 +403,7 @@ def sweep(
         str, typer.Option(help="Where `show` writes tables and plots")
     ] = "results",
 ) -> None:
-    """Optuna over learning rate, batch size, ...: `smol sweep [FILE] [k=v ...]`, `smol sweep show NAME`.
+    """Optuna over learning rate, batch size, ...: `smol sweep FILE k=v ...` or `smol sweep show NAME`.
 
     Re-running resumes the study; several workers (or several machines on one --storage database)
     share it. A worker killed mid-trial leaves a trial that is failed by heartbeat and retried.
