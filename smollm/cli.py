@@ -265,10 +265,11 @@ def overfit(
     from smollm.config import ModelConfig
     from smollm.train import overfit as run_overfit
 
-    small = {"dim": 256, "n_layers": 4, "n_heads": 4, "n_kv_heads": 2, "intermediate_size": 640}
+    full = ModelConfig.from_preset(preset)
+    # CPU size that keeps the preset's attention kind: MHA stays MHA, MQA stays MQA, GQA -> 4/2
+    kv = {full.n_heads: 4, 1: 1}.get(full.n_kv_heads, 2)
+    small = {"dim": 256, "n_layers": 4, "n_heads": 4, "n_kv_heads": kv, "intermediate_size": 640}
     fields = parse_overrides(overrides) if overrides else small
-    if preset in ("v1",) and not overrides:
-        fields = {**small, "n_kv_heads": 4}
     losses = run_overfit(ModelConfig.from_preset(preset, **fields), steps, lr, batch, seq_len)
     verdict = "ok" if losses[-1] < 0.5 else "NOT memorised"
     typer.echo(

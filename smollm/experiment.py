@@ -12,7 +12,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from omegaconf import MISSING, OmegaConf
+from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from smollm.config import (
@@ -144,4 +144,4 @@ def load_experiment(*sources: Any) -> ExperimentConfig:
     return to_experiment(merge(experiment_schema(), [s for s in sources if s is not None]))
 
 
-__all__ = ["MISSING", "load_experiment", "merge", "to_experiment"]
+__all__ = ["load_experiment", "merge", "read_mapping", "to_experiment"]

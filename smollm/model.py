@@ -16,7 +16,7 @@ from torch import nn
 
 from smollm import generation
 from smollm.cache import KVCache
-from smollm.config import ModelConfig, param_count
+from smollm.config import ModelConfig
 
 
 class Linear(nn.Linear):
@@ -298,9 +298,6 @@ class SmolLM(nn.Module):
                 embeds.append(self.lm_head.weight)
             total -= sum(p.numel() for p in embeds)
         return total
-
-    def expected_parameters(self) -> int:
-        return param_count(self.config)
 
     def generate(self, input_ids, **kwargs) -> torch.Tensor:  # noqa: ANN001 - see generation.generate
         """Continue `input_ids` (a tensor or a list of token lists); see `smollm.generation.generate`."""
