@@ -12,7 +12,7 @@ run: setup
 	$(SMOL) run ablation
 
 test: setup
-	@bash scripts/setup-browser.sh
+	@bash scripts/setup-test-deps.sh
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest -q

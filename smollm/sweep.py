@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -152,15 +153,21 @@ def make_storage(
         if "heartbeat_stale_trial_callback" in inspect.signature(RDBStorage).parameters
         else "failed_trial_callback"
     )
-    try:
-        return RDBStorage(
-            url, heartbeat_interval=heartbeat_interval, grace_period=grace_period, **{hook: retry},
-            engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None,
-        )  # fmt: skip
-    except Exception as e:  # bad URL, missing driver, unreachable server
-        raise SmolError(
-            f"cannot open Optuna storage {url!r}: {type(e).__name__}: {str(e).splitlines()[0]}"
-        ) from None
+    kwargs = {"heartbeat_interval": heartbeat_interval, "grace_period": grace_period, hook: retry}
+    if url.startswith("sqlite"):
+        kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}
+    for attempt in range(5):
+        try:
+            return RDBStorage(url, **kwargs)
+        except Exception as e:  # bad URL, missing driver, unreachable server, schema race
+            # Workers started together on an empty database race to create Optuna's tables; the
+            # loser sees a unique-constraint violation and succeeds once the tables exist.
+            if type(e).__name__ == "IntegrityError" and attempt < 4:
+                time.sleep(0.5 * (attempt + 1))
+                continue
+            raise SmolError(
+                f"cannot open Optuna storage {url!r}: {type(e).__name__}: {str(e).splitlines()[0]}"
+            ) from None
 
 
 def _sampler(spec: dict):  # noqa: ANN202

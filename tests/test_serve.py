@@ -173,7 +173,7 @@ def test_browser_types_prompt_clicks_generate_and_sees_streamed_text(tmp_path):
     from playwright.sync_api import sync_playwright
 
     assert Path(CHROMIUM).exists(), (
-        "Debian chromium is not installed: run `make test` (scripts/setup-browser.sh)"
+        "Debian chromium is not installed: run `make test` (scripts/setup-test-deps.sh)"
     )
     port = free_port()
     server = subprocess.Popen(

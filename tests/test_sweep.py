@@ -1,3 +1,4 @@
+import os
 import signal
 import subprocess
 import sys
@@ -167,4 +168,78 @@ def test_ablation_takes_lr_from_a_finished_study(tmp_path, monkeypatch):
     assert (
         exp.train.lr == pytest.approx(best["train.lr"])
         and exp.train.batch_size == best["train.batch_size"]
+    )
+
+
+@pytest.fixture
+def postgres():
+    """A throwaway PostgreSQL cluster on a free loopback port (as the postgres user when root)."""
+    import shutil
+    import socket
+    import tempfile
+
+    bins = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))
+    assert bins, "PostgreSQL is not installed: run `make test` (scripts/setup-test-deps.sh)"
+    bindir = bins[-1].parent
+    root = Path(tempfile.mkdtemp(prefix="smollm-pg-", dir="/tmp"))
+    root.chmod(0o755)
+    data = root / "data"
+    data.mkdir()
+    as_pg = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    if as_pg:
+        shutil.chown(data, "postgres")
+        shutil.chown(root, "postgres")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+
+    def run(*cmd: str) -> None:
+        subprocess.run([*as_pg, *cmd], check=True, capture_output=True, text=True, timeout=120)
+
+    run(str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres", "--no-sync")
+    opts = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"
+    run(str(bindir / "pg_ctl"), "-D", str(data), "-o", opts, "-l", str(root / "log"), "-w", "start")
+    try:
+        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        run(str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop")
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_two_commands_share_a_study_on_postgresql(tmp_path, postgres):
+    """As on two machines: the same command started twice against one database URL."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "smollm.cli",
+        "sweep",
+        str(SMOKE),
+        "--storage",
+        postgres,
+        "--runs-dir",
+        "runs",
+    ]
+    procs = [
+        subprocess.Popen(
+            cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outs]
+    s = optuna.load_study(study_name="smoke", storage=postgres)
+    done = [t for t in s.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(done) >= 4
+    assert len({t.user_attrs["worker_pid"] for t in s.trials}) == 2
+    bad = smol(
+        "sweep",
+        str(SMOKE),
+        "--storage",
+        "postgresql+psycopg2://postgres@127.0.0.1:1/none",
+        cwd=tmp_path,
+    )
+    assert (
+        bad.returncode == 2
+        and "cannot open Optuna storage" in bad.stderr
+        and "Traceback" not in bad.stderr
     )
