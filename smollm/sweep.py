@@ -285,6 +285,7 @@ def run_worker(
     sweep_path: str, overrides: list[str], runs_root: str, url: str, threads: int
 ) -> None:
     """One worker process: optimise until the study holds n_trials finished trials (or timeout)."""
+    import optuna
     import torch
     from optuna.study import MaxTrialsCallback
     from optuna.trial import TrialState
@@ -300,11 +301,15 @@ def run_worker(
     )
     if remaining <= 0:
         return
+    # Recorded as failed, and the study goes on. UpdateFinishedTrialError: this worker looked dead
+    # (heartbeat past the grace period under load), another worker failed its trial and queued a
+    # retry; this worker carries on with the next trial instead of exiting.
     catch = (
         TrainingDiverged,
         SmolError,
         torch.OutOfMemoryError,
-    )  # recorded as failed; the study goes on
+        optuna.exceptions.UpdateFinishedTrialError,
+    )
     study.optimize(
         objective(sweep, Path(runs_root) / "sweeps" / sweep.name),
         timeout=sweep.timeout or None,
@@ -358,20 +363,13 @@ def best_params(name: str, url: str) -> dict[str, Any]:
 
 def _provenance(study, url: str, name: str) -> str:  # noqa: ANN001
     """Where and with which code the trials ran (from their run directories)."""
-    from smollm.tracking import machine
+    from smollm.tracking import code_versions, machine
 
-    shas = set()
-    for t in study.trials:
-        git = Path(t.user_attrs.get("run_dir", "")) / "git.json"
-        if git.is_file():
-            info = json.loads(git.read_text())
-            shas.add(
-                f"{(info.get('sha') or 'unknown')[:10]}{' (dirty)' if info.get('dirty') else ''}"
-            )
+    versions = code_versions(Path(t.user_attrs.get("run_dir", "")) for t in study.trials)
     m = machine()
     return (
         f"**Provenance.** Optuna study `{name}` in `{url}`, trials run by `smol sweep` on {m['device']} "
-        f"({m['threads']} threads, torch {m['torch']}), code at git {', '.join(sorted(shas)) or 'unknown'}; "
+        f"({m['threads']} threads, torch {m['torch']}), code at git {versions}; "
         f"rebuilt by `smol sweep show {name}`."
     )
 

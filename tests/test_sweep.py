@@ -55,12 +55,20 @@ def test_smoke_sweep_prunes_a_bad_trial_and_writes_results(tmp_path):
 
 
 def test_killed_worker_trial_is_failed_by_heartbeat_and_retried(tmp_path):
+    fast = (
+        tmp_path / "smoke.yaml"
+    )  # a short grace period, so the dead worker's trial is found quickly
+    fast.write_text(
+        SMOKE.read_text().replace(
+            "heartbeat_interval: 2\ngrace_period: 20", "heartbeat_interval: 1\ngrace_period: 3"
+        )
+    )
     args = [
         sys.executable,
         "-m",
         "smollm.cli",
         "sweep",
-        str(SMOKE),
+        str(fast),
         "--runs-dir",
         "runs",
         "train.max_steps=40",
