@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
+import shutil
 import socket
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
 
@@ -55,3 +59,23 @@ def hub_reachable(timeout: float = 1.5) -> bool:
             return True
     except OSError:
         return False
+
+
+@contextmanager
+def atomic_dir(target: Path) -> Iterator[Path]:
+    """A temporary sibling of `target` to fill, renamed into place only if the block succeeds.
+
+    A build killed halfway leaves nothing that looks complete; if a concurrent build put `target`
+    in place first, that copy wins and this one is discarded.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
+    try:
+        yield tmp
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            if not target.is_dir():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -109,17 +109,14 @@ def generate(
     from smollm import assets
     from smollm.generation import stream
     from smollm.model import SmolLM
-    from smollm.tokenizer import ENDOFTEXT, tokenizer_for
+    from smollm.tokenizer import decode_stream, stop_ids, tokenizer_for
 
     lm = SmolLM.from_pretrained(model or str(assets.packaged_gguf()), dtype=_dtype(dtype))
     tok = tokenizer_for(model)
     ids = tok(prompt, return_tensors="pt").input_ids
-    eos = sorted({tok.eos_token_id, tok.convert_tokens_to_ids(ENDOFTEXT)} - {None})
     sys.stdout.write(prompt)
-    generated: list[int] = []
-    shown = ""
     gen = torch.Generator().manual_seed(seed)
-    for token in stream(
+    tokens = stream(
         lm,
         ids,
         max_new_tokens,
@@ -127,15 +124,12 @@ def generate(
         top_k,
         top_p,
         not no_cache,
-        eos_token_id=eos,
+        eos_token_id=stop_ids(tok),
         generator=gen,
-    ):
-        generated.append(int(token[0]))
-        text = tok.decode(generated, skip_special_tokens=True)
-        if not text.endswith("\ufffd"):  # hold back a half-decoded UTF-8 character
-            sys.stdout.write(text[len(shown) :])
-            sys.stdout.flush()
-            shown = text
+    )
+    for piece in decode_stream(tok, (int(t[0]) for t in tokens)):
+        sys.stdout.write(piece)
+        sys.stdout.flush()
     sys.stdout.write("\n")
 
 

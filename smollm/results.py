@@ -15,6 +15,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from smollm.tracking import code_versions, read_jsonl
+
 # Two-sided 95% Student-t quantiles by degrees of freedom (1.96 beyond 30).
 T95 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
        2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042]  # fmt: skip
@@ -29,14 +31,6 @@ def mean_ci(values: list[float]) -> tuple[float, float | None]:
         return m, None
     t = T95[len(values) - 2] if len(values) - 1 <= len(T95) else 1.96
     return m, t * statistics.stdev(values) / math.sqrt(len(values))
-
-
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    return (
-        [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        if path.is_file()
-        else []
-    )
 
 
 def load_runs(root: Path) -> dict[str, dict[int, dict[str, Any]]]:
@@ -55,7 +49,7 @@ def load_runs(root: Path) -> dict[str, dict[int, dict[str, Any]]]:
             )
             curve = [
                 (r["tokens"], r["val/loss"])
-                for r in _read_jsonl(d / "metrics.jsonl")
+                for r in read_jsonl(d / "metrics.jsonl")
                 if "val/loss" in r
             ]
             runs[name][int(seed)] = {"summary": summary, "curve": curve}
@@ -182,14 +176,10 @@ def provenance(root: Path) -> str:
         if (root / "provenance.json").is_file()
         else {}
     )
-    shas = set()
-    for g in sorted(root.glob("*/git.json")):
-        info = json.loads(g.read_text())
-        shas.add(f"{(info.get('sha') or 'unknown')[:10]}{' (dirty)' if info.get('dirty') else ''}")
     m = prov.get("machine", {})
     return (
         f"Produced by `{prov.get('command', 'smol run ablation')}` starting {prov.get('started', '?')} on {m.get('device', '?')} "
-        f"({m.get('threads', '?')} threads, torch {m.get('torch', '?')}), code at git {', '.join(sorted(shas)) or 'unknown'}; "
+        f"({m.get('threads', '?')} threads, torch {m.get('torch', '?')}), code at git {code_versions(root.iterdir())}; "
         f"tables rebuilt from the run directories in `runs/{root.name}/` by `smol results {root.name}`."
     )
 

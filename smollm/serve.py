@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from smollm.generation import stream
-from smollm.tokenizer import ENDOFTEXT
+from smollm.tokenizer import decode_stream, stop_ids
 
 MAX_BODY_BYTES = 64 * 1024
 PAGE = Path(__file__).with_name("static") / "index.html"
@@ -45,9 +45,7 @@ class Generator:
     def __init__(self, model, tokenizer, max_concurrent: int = 2) -> None:  # noqa: ANN001
         self.model, self.tokenizer = model, tokenizer
         self.slots = threading.BoundedSemaphore(max_concurrent)
-        self.eos = sorted(
-            {tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(ENDOFTEXT)} - {None}
-        )
+        self.eos = stop_ids(tokenizer)
 
     def pieces(self, req: GenerateRequest, cancel: threading.Event | None = None) -> Iterator[str]:
         """Text pieces as they are generated (held back while a UTF-8 character is incomplete)."""
@@ -55,10 +53,8 @@ class Generator:
             :, -(self.model.config.max_seq_len - req.max_new_tokens) :
         ]
         gen = torch.Generator().manual_seed(req.seed) if req.seed is not None else None
-        out: list[int] = []
-        shown = ""
         with self.slots:  # a queue: at most max_concurrent generations run at once
-            for token in stream(
+            tokens = stream(
                 self.model,
                 ids,
                 req.max_new_tokens,
@@ -67,14 +63,15 @@ class Generator:
                 req.top_p,
                 eos_token_id=self.eos,
                 generator=gen,
-            ):
-                if int(token[0]) in self.eos or (cancel is not None and cancel.is_set()):
-                    break
-                out.append(int(token[0]))
-                text = self.tokenizer.decode(out, skip_special_tokens=True)
-                if not text.endswith("\ufffd"):
-                    yield text[len(shown) :]
-                    shown = text
+            )
+
+            def until_stop() -> Iterator[int]:
+                for t in tokens:
+                    if int(t[0]) in self.eos or (cancel is not None and cancel.is_set()):
+                        return
+                    yield int(t[0])
+
+            yield from decode_stream(self.tokenizer, until_stop())
 
 
 def create_app(model, tokenizer, name: str, max_concurrent: int = 2) -> FastAPI:  # noqa: ANN001

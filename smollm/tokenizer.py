@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from smollm import assets
@@ -39,13 +37,8 @@ def _converted_gguf_tokenizer() -> Path:
     gguf = assets.packaged_gguf()
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     tok.model_max_length = 1 << 30  # corpora are tokenised whole, then packed into blocks
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
-    tok.save_pretrained(tmp)
-    try:
-        os.replace(tmp, target)  # atomic: a concurrent or killed conversion never leaves half a dir
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)  # another process won the race
+    with assets.atomic_dir(target) as tmp:
+        tok.save_pretrained(tmp)
     return target
 
 
@@ -59,3 +52,20 @@ def tokenizer_for(src: str | None):  # noqa: ANN201
             if candidate.is_dir() and (candidate / "tokenizer.json").is_file():
                 return AutoTokenizer.from_pretrained(candidate)
     return load_tokenizer()
+
+
+def stop_ids(tok) -> list[int]:  # noqa: ANN001
+    """Token ids that end a generation: the tokenizer's EOS and <|endoftext|>."""
+    return sorted({tok.eos_token_id, tok.convert_tokens_to_ids(ENDOFTEXT)} - {None})
+
+
+def decode_stream(tok, ids: Iterable[int]) -> Iterator[str]:  # noqa: ANN001
+    """New text as token ids arrive; a half-decoded UTF-8 character is held back until complete."""
+    seen: list[int] = []
+    shown = ""
+    for i in ids:
+        seen.append(i)
+        text = tok.decode(seen, skip_special_tokens=True)
+        if not text.endswith("\ufffd"):
+            yield text[len(shown) :]
+            shown = text

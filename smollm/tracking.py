@@ -13,6 +13,7 @@ import os
 import platform
 import secrets
 import subprocess
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +76,27 @@ def wandb_mode(requested: str) -> str:
     if not has_key and netrc.is_file():
         has_key = "api.wandb.ai" in netrc.read_text(errors="ignore")
     return "online" if has_key else "offline"
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Every row of a JSON-lines file ([] when it does not exist)."""
+    return (
+        [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        if path.is_file()
+        else []
+    )
+
+
+def code_versions(run_dirs: Iterable[Path]) -> str:
+    """The git SHAs (marked dirty where they were) that produced these runs, from their git.json."""
+    shas = set()
+    for d in run_dirs:
+        if (d / "git.json").is_file():
+            info = json.loads((d / "git.json").read_text())
+            shas.add(
+                f"{(info.get('sha') or 'unknown')[:10]}{' (dirty)' if info.get('dirty') else ''}"
+            )
+    return ", ".join(sorted(shas)) or "unknown"
 
 
 def truncate_jsonl(path: Path, max_step: int) -> None:

@@ -37,7 +37,7 @@ from smollm.data import (
 from smollm.data.vocab import encode_batch, endoftext_id
 from smollm.generation import generate
 from smollm.model import SmolLM
-from smollm.tracking import Tracker, git_info
+from smollm.tracking import Tracker, git_info, read_jsonl
 
 SAMPLE_PROMPTS = ("Once upon a time", "The United States", "In the beginning")
 # Dense bf16 tensor-core peaks (FLOP/s) by device-name substring, for MFU.
@@ -451,11 +451,7 @@ def _finished_summary(run_dir: Path, exp: ExperimentConfig) -> dict[str, Any] | 
 def _summary(
     run_dir: Path, exp: ExperimentConfig, model: SmolLM, step: int, tokens: int, val
 ) -> dict[str, Any]:  # noqa: ANN001
-    perf = (
-        [json.loads(line) for line in (run_dir / "perf.jsonl").read_text().splitlines()]
-        if (run_dir / "perf.jsonl").is_file()
-        else []
-    )
+    perf = read_jsonl(run_dir / "perf.jsonl")
     rates = [r["tokens_per_s"] for r in perf[1:]] or [r["tokens_per_s"] for r in perf]
     return {
         "status": "finished",

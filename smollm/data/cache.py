@@ -13,9 +13,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -189,9 +186,7 @@ def _build(corpus: Corpus, cfg: DataConfig, tokenizer, path: Path, progress: boo
     vocab = len(tokenizer)
     dtype = np.dtype(np.uint16 if vocab <= 1 << 16 else np.uint32)
     eot = endoftext_id(tokenizer)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
-    try:
+    with assets.atomic_dir(path) as tmp:  # meta.json, written last, marks a complete build
         writers = {s: _ShardWriter(tmp, s, dtype) for s in SPLITS}
         bar = tqdm(desc=f"tokenising {corpus.name}", unit=" docs", disable=not progress)
         batch: list[str] = []
@@ -218,15 +213,6 @@ def _build(corpus: Corpus, cfg: DataConfig, tokenizer, path: Path, progress: boo
             "token_bytes": token_bytes(tokenizer).tolist(),
         }
         (tmp / "meta.json").write_text(json.dumps(meta))
-        try:
-            os.replace(tmp, path)
-        except OSError:
-            if not (path / "meta.json").is_file():
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)  # a concurrent build finished first
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def _write_batch(

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -70,13 +67,8 @@ def _train_bpe(texts: Iterable[str], size: int, target: Path) -> None:
         tokenizer_object=tok, eos_token=ENDOFTEXT, bos_token=ENDOFTEXT, unk_token=ENDOFTEXT
     )
     fast.model_max_length = 1 << 30
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
-    fast.save_pretrained(tmp)
-    try:
-        os.replace(tmp, target)
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)  # a concurrent build finished first
+    with assets.atomic_dir(target) as tmp:
+        fast.save_pretrained(tmp)
 
 
 def endoftext_id(tokenizer) -> int:  # noqa: ANN001
