@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -136,6 +137,28 @@ def _retry_callback():  # noqa: ANN202
     )
 
 
+def _serialise_sqlite(engine) -> None:  # noqa: ANN001
+    """Every SQLite transaction takes the write lock when it begins (BEGIN IMMEDIATE).
+
+    Python's sqlite3 starts a transaction only at the first write, so Optuna's read-then-write
+    steps are not atomic across processes: two workers read the same enqueued (WAITING) trial,
+    both mark it RUNNING and train it twice, and the slower one fails with "Cannot tell a
+    COMPLETE trial". PostgreSQL and MySQL lock the row with SELECT ... FOR UPDATE; SQLite ignores
+    that, so the transaction itself must hold the lock. The SQLAlchemy recipe for pysqlite.
+    """
+    from sqlalchemy import event
+
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_connection, _record) -> None:  # noqa: ANN001
+        dbapi_connection.isolation_level = None  # the driver emits no BEGIN of its own
+
+    @event.listens_for(engine, "begin")
+    def _begin(connection) -> None:  # noqa: ANN001
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine.dispose()  # connections opened while Optuna created its tables predate the hooks
+
+
 def make_storage(
     url: str, heartbeat_interval: int = 10, grace_period: int = 30, max_retry: int = 2
 ):  # noqa: ANN201
@@ -158,7 +181,10 @@ def make_storage(
         kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}
     for attempt in range(5):
         try:
-            return RDBStorage(url, **kwargs)
+            storage = RDBStorage(url, **kwargs)
+            if url.startswith("sqlite"):
+                _serialise_sqlite(storage.engine)
+            return storage
         except Exception as e:  # bad URL, missing driver, unreachable server, schema race
             # Workers started together on an empty database race to create Optuna's tables; the
             # loser sees a unique-constraint violation and succeeds once the tables exist.
@@ -295,12 +321,8 @@ def run_worker(
     torch.set_num_threads(threads)
     sweep = load_sweep(sweep_path, overrides)
     study = open_study(sweep, url)
-    done = MaxTrialsCallback(sweep.n_trials, states=(TrialState.COMPLETE, TrialState.PRUNED))
-    remaining = sweep.n_trials - len(
-        [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
-    )
-    if remaining <= 0:
-        return
+    finished = (TrialState.COMPLETE, TrialState.PRUNED)
+    done = MaxTrialsCallback(sweep.n_trials, states=finished)
     # Recorded as failed, and the study goes on. UpdateFinishedTrialError: this worker looked dead
     # (heartbeat past the grace period under load), another worker failed its trial and queued a
     # retry; this worker carries on with the next trial instead of exiting.
@@ -310,12 +332,23 @@ def run_worker(
         torch.OutOfMemoryError,
         optuna.exceptions.UpdateFinishedTrialError,
     )
-    study.optimize(
-        objective(sweep, Path(runs_root) / "sweeps" / sweep.name),
-        timeout=sweep.timeout or None,
-        catch=catch,
-        callbacks=[done],
-    )
+    start = time.monotonic()
+    while sum(t.state in finished for t in study.get_trials(deepcopy=False)) < sweep.n_trials:
+        left = sweep.timeout - (time.monotonic() - start) if sweep.timeout else None
+        if left is not None and left <= 0:
+            return
+        try:
+            study.optimize(
+                objective(sweep, Path(runs_root) / "sweeps" / sweep.name),
+                timeout=left,
+                catch=catch,
+                callbacks=[done],
+            )
+        except ValueError as e:  # Optuna's tell on a trial another worker already finished
+            if not str(e).startswith("Cannot tell a"):
+                raise
+            msg = f"sweep worker {os.getpid()}: {e} (another worker took it over); going on"
+            print(msg, file=sys.stderr)
 
 
 def run_sweep(

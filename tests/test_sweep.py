@@ -251,3 +251,35 @@ def test_two_commands_share_a_study_on_postgresql(tmp_path, postgres):
         and "cannot open Optuna storage" in bad.stderr
         and "Traceback" not in bad.stderr
     )
+
+
+def _ask_many(url: str, n: int, out) -> None:  # noqa: ANN001
+    from smollm.sweep import make_storage
+
+    s = optuna.load_study(study_name="race", storage=make_storage(url))
+    out.put([s.ask().number for _ in range(n)])
+
+
+def test_enqueued_trials_are_taken_once_by_concurrent_sqlite_workers(tmp_path):
+    # Python's sqlite3 begins a transaction only at the first write, so without BEGIN IMMEDIATE
+    # two workers read the same WAITING trial and both run it (seen 5-7 times in 40 here)
+    import multiprocessing as mp
+    import warnings
+
+    from smollm.sweep import make_storage
+
+    url = f"sqlite:///{tmp_path / 'race.db'}"
+    s = optuna.create_study(study_name="race", storage=make_storage(url))
+    for i in range(40):
+        s.enqueue_trial({"x": float(i)})
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_ask_many, args=(url, 10, out)) for _ in range(4)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for p in procs:
+            p.start()
+        numbers = sorted(n for _ in procs for n in out.get(timeout=120))
+    for p in procs:
+        p.join()
+    assert numbers == list(range(40))  # each enqueued trial once, and no new ones
