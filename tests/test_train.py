@@ -173,7 +173,14 @@ def test_offline_wandb_run_is_written_with_metrics(tmp_path, corpus):
     train(exp, tmp_path / "run", progress=False)
     files = list((tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(files) == 1
-    data = files[0].read_bytes()
+    # wandb's service process closes the stream's file after finish() returns (at process exit
+    # at the latest), so the records can land a moment later
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        data = files[0].read_bytes()
+        if b"train/loss" in data and b"val/bpb" in data and b"g1" in data:
+            break
+        time.sleep(0.1)
     assert b"train/loss" in data and b"val/bpb" in data and b"g1" in data
 
 
