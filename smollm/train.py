@@ -214,10 +214,11 @@ def train_step(
         sync = (
             contextlib.nullcontext() if i == accum - 1 or ddp.world_size == 1 else model.no_sync()
         )
-        with sync, torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-            logits = model(x)  # (micro, seq_len, vocab)
-            loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten()) / accum
-            loss.backward()
+        with sync:
+            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                logits = model(x)  # (micro, seq_len, vocab)
+                loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten()) / accum
+            loss.backward()  # outside autocast, as PyTorch recommends; inside no_sync
         loss_sum += loss.detach()
     grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), ctx["grad_clip"])
     if ddp.world_size > 1:
