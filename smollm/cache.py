@@ -12,6 +12,10 @@ class KVCache:
 
     `length` counts the positions already written; the model advances it after each forward.
     One cache belongs to one generation: concurrent requests each allocate their own.
+
+    Static mode (`slot` and `valid` set, see `smollm.decode`): each forward writes one position at
+    the device tensor `slot` and attends over the whole buffer, masked by `valid`, so every step has
+    the same shapes and can be captured in a CUDA graph.
     """
 
     def __init__(
@@ -31,17 +35,33 @@ class KVCache:
         self.v = torch.zeros(shape, dtype=dtype, device=device)
         self.max_len = max_len
         self.length = 0
-
-    def update(
-        self, layer: int, k: torch.Tensor, v: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write k, v (B, n_kv, T, hd) at the current position; return all keys/values so far."""
-        start, end = self.length, self.length + k.shape[2]
-        if end > self.max_len:
-            raise ValueError(f"KV cache overflow: position {end} > cache size {self.max_len}")
-        self.k[layer, :, :, start:end] = k
-        self.v[layer, :, :, start:end] = v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+        self.slot: torch.Tensor | None = None  # (1,) long: the position a static step writes
+        self.valid: torch.Tensor | None = None  # (B, max_len) bool: positions a query may attend to
+        # One view per layer, handed to that layer: no layer index travels through the forward.
+        self.layers = [LayerCache(self, i) for i in range(cfg.n_layers)]
 
     def advance(self, n: int) -> None:
         self.length += n
+
+
+class LayerCache:
+    """One layer's slice of a `KVCache`."""
+
+    __slots__ = ("owner", "k", "v")
+
+    def __init__(self, owner: KVCache, layer: int) -> None:
+        self.owner, self.k, self.v = owner, owner.k[layer], owner.v[layer]
+
+    def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write k, v (B, n_kv, T, hd) at the current position; return the keys/values to attend to."""
+        slot = self.owner.slot
+        if slot is not None:  # static step: same shapes every time, `valid` masks the unwritten
+            self.k.index_copy_(2, slot, k)
+            self.v.index_copy_(2, slot, v)
+            return self.k, self.v
+        start, end = self.owner.length, self.owner.length + k.shape[2]
+        if end > self.owner.max_len:
+            raise ValueError(f"KV cache overflow: position {end} > cache size {self.owner.max_len}")
+        self.k[:, :, start:end] = k
+        self.v[:, :, start:end] = v
+        return self.k[:, :, :end], self.v[:, :, :end]

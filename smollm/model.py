@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from smollm import generation
-from smollm.cache import KVCache
+from smollm.cache import KVCache, LayerCache
 from smollm.config import ModelConfig
 
 
@@ -29,12 +29,14 @@ class Linear(nn.Linear):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # torch.compile never takes this path: get_num_threads() would break its graph.
+        if torch.compiler.is_compiling() or x.device.type != "cpu":
+            return super().forward(x)
         n = torch.get_num_threads()
         if (
             x.numel() == self.in_features
             and n > 1
             and x.dtype == torch.float32
-            and x.device.type == "cpu"
             and self.out_features % n == 0
             and not torch.is_grad_enabled()
         ):
@@ -94,6 +96,12 @@ class PlainMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(self.act(self.up_proj(x)))
+
+
+def _dropout(p: float) -> nn.Module:
+    """nn.Dropout, or Identity at p=0: eager dropout at 0 is already a no-op, but a compiled graph
+    would still draw a random mask for every activation."""
+    return nn.Dropout(p) if p > 0 else nn.Identity()
 
 
 # The one place where config literals become classes.
@@ -162,8 +170,7 @@ class Attention(nn.Module):
         x: torch.Tensor,
         rope: tuple[torch.Tensor, torch.Tensor] | None,
         mask: torch.Tensor | None,
-        cache: KVCache | None,
-        layer: int,
+        cache: LayerCache | None,
     ) -> torch.Tensor:
         B, T, _ = x.shape
         # (B, T, H*hd) -> (B, H, T, hd)
@@ -173,7 +180,7 @@ class Attention(nn.Module):
         if rope is not None:
             q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
         if cache is not None:
-            k, v = cache.update(layer, k, v)  # (B, n_kv, S, hd) with S = cached + T
+            k, v = cache.update(k, v)  # (B, n_kv, S, hd): cached + T, or the whole static buffer
         # A single new token attends to everything cached; a fresh prompt with no padding is causal.
         is_causal = mask is None and T > 1
         y = F.scaled_dot_product_attention(
@@ -191,19 +198,18 @@ class Attention(nn.Module):
 class DecoderLayer(nn.Module):
     """Pre-norm block: x + attn(norm(x)), then x + mlp(norm(x))."""
 
-    def __init__(self, cfg: ModelConfig, index: int) -> None:
+    def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.index = index
         self.input_layernorm = NORMS[cfg.norm](cfg.dim, cfg.norm_eps)
         self.self_attn = Attention(cfg)
         self.post_attention_layernorm = NORMS[cfg.norm](cfg.dim, cfg.norm_eps)
         self.mlp = MLPS[cfg.mlp](cfg)
-        self.resid_dropout = nn.Dropout(cfg.dropout)
+        self.resid_dropout = _dropout(cfg.dropout)
 
     def forward(self, x, rope, mask, cache):  # noqa: ANN001 - see Attention.forward
-        x = x + self.resid_dropout(
-            self.self_attn(self.input_layernorm(x), rope, mask, cache, self.index)
-        )
+        # No per-layer Python state reaches the forward (no layer index): torch.compile traces one
+        # layer body that every layer shares, so nothing specialises and nothing recompiles.
+        x = x + self.resid_dropout(self.self_attn(self.input_layernorm(x), rope, mask, cache))
         return x + self.resid_dropout(self.mlp(self.post_attention_layernorm(x)))
 
 
@@ -217,8 +223,8 @@ class Backbone(nn.Module):
             self.embed_positions = nn.Embedding(cfg.max_seq_len, cfg.dim)
         else:
             self.rotary_emb = RotaryEmbedding(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
-        self.dropout = nn.Dropout(cfg.dropout)
-        self.layers = nn.ModuleList(DecoderLayer(cfg, i) for i in range(cfg.n_layers))
+        self.dropout = _dropout(cfg.dropout)
+        self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.n_layers))
         self.norm = NORMS[cfg.norm](cfg.dim, cfg.norm_eps)
 
     def forward(self, input_ids, position_ids, mask, cache):  # noqa: ANN001 - see SmolLM.forward
@@ -229,8 +235,8 @@ class Backbone(nn.Module):
         else:
             rope = self.rotary_emb(position_ids)
         x = self.dropout(x)
-        for layer in self.layers:
-            x = layer(x, rope, mask, cache)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, rope, mask, cache.layers[i] if cache is not None else None)
         return self.norm(x)
 
 
@@ -285,6 +291,18 @@ class SmolLM(nn.Module):
         if last_only:
             x = x[:, -1:]
         return self.lm_head(x)
+
+    def decode_step(self, tokens: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """Logits (B, vocab) of one new token per row, written at the device tensor `cache.slot`.
+
+        The static-shape step that `smollm.decode` captures in a CUDA graph: no Python value
+        depends on the position, and attention covers the whole buffer, masked by `cache.valid`.
+        """
+        valid = cache.valid  # (B, max_len) bool
+        position_ids = valid.sum(-1, keepdim=True)  # (B, 1): the real tokens before this one
+        valid.index_fill_(1, cache.slot, True)
+        x = self.model(tokens, position_ids, valid[:, None, None, :], cache)
+        return self.lm_head(x)[:, -1]
 
     def num_parameters(self, non_embedding: bool = False) -> int:
         """Parameter count from the tensors themselves (tied weights counted once)."""

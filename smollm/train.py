@@ -10,10 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import random
-import resource
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -37,65 +34,25 @@ from smollm.data import (
 from smollm.data.vocab import encode_batch, endoftext_id
 from smollm.generation import generate
 from smollm.model import SmolLM
+from smollm.runtime import (
+    Dist,
+    Throughput,
+    autocast_dtype,
+    init_distributed,
+    peak_flops,
+    resolve_device,
+    to_device,
+)
 from smollm.tracking import Tracker, git_info, read_jsonl
 
 SAMPLE_PROMPTS = ("Once upon a time", "The United States", "In the beginning")
-# Dense bf16 tensor-core peaks (FLOP/s) by device-name substring, for MFU.
-PEAK_FLOPS = {
-    "H200": 989e12,
-    "H100 PCIe": 756e12,
-    "H100": 989e12,
-    "A100": 312e12,
-    "L40S": 362e12,
-    "A10G": 125e12,
-    "L4": 121e12,
-    "4090": 165e12,
-    "3090": 71e12,
-}
 
 
 class TrainingDiverged(SmolError):
     """The loss or gradient became NaN/inf; the last good checkpoint is untouched."""
 
 
-@dataclass
-class Dist:
-    rank: int = 0
-    local_rank: int = 0
-    world_size: int = 1
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
 # ---------------------------------------------------------------------------- setup helpers
-
-
-def init_distributed(device_type: str) -> Dist:
-    """Join the torchrun process group when there is one (gloo on CPU, nccl on CUDA)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        return Dist()
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
-    return Dist(dist.get_rank(), int(os.environ.get("LOCAL_RANK", "0")), world)
-
-
-def resolve_device(name: str, local_rank: int) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        name = f"cuda:{local_rank}"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise SmolError(f"train.device={name!r} but CUDA is not available")
-    return torch.device(name)
-
-
-def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
-    """bf16 autocast on CUDA by default, fp32 on CPU unless asked."""
-    choice = cfg.dtype if cfg.dtype != "auto" else ("bf16" if device.type == "cuda" else "fp32")
-    return torch.bfloat16 if choice == "bf16" else None
 
 
 def batch_plan(cfg: TrainConfig, seq_len: int, world: int) -> tuple[int, int, int]:
@@ -139,21 +96,6 @@ def make_optimizer(
     return torch.optim.AdamW(
         groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, fused=device.type == "cuda"
     )
-
-
-def peak_flops(cfg: TrainConfig, device: torch.device) -> float:
-    if cfg.peak_flops:
-        return cfg.peak_flops
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        return next((v for k, v in PEAK_FLOPS.items() if k in name), 0.0)
-    return 0.0
-
-
-def peak_memory(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device)
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
 def sample(model: SmolLM, tokenizer, max_new_tokens: int, seed: int) -> list[dict[str, str]]:  # noqa: ANN001
@@ -202,62 +144,93 @@ def restore(run_dir: Path, exp: ExperimentConfig, model, optimizer, loader) -> t
 # ---------------------------------------------------------------------------- the loop
 
 
-def train_step(
-    model, raw_model, optimizer, loader, micro: int, accum: int, step: int, ctx: dict
-) -> tuple[float, float]:  # noqa: ANN001
-    """One optimizer step over `accum` micro-batches; (loss, grad norm). Nothing is updated on NaN."""
-    device, amp, ddp = ctx["device"], ctx["amp"], ctx["ddp"]
-    loss_sum = torch.zeros((), device=device)
-    for i in range(accum):
-        x, y = (t.to(device, non_blocking=True) for t in loader.next(micro))
-        # DDP all-reduces gradients on the last micro-batch only
-        sync = (
-            contextlib.nullcontext() if i == accum - 1 or ddp.world_size == 1 else model.no_sync()
+class LMLoss(torch.nn.Module):
+    """The model and its next-token loss as one module: torch.compile then sees both and fuses the
+    fp32 log-softmax into the logits' consumer, so (B, T, vocab) fp32 logits never materialise."""
+
+    def __init__(self, model: SmolLM) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        logits = self.model(x)  # (B, T, vocab)
+        return F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+
+
+@dataclass
+class StepPlan:
+    """What one optimizer step needs besides the model, the optimizer and the data."""
+
+    device: torch.device
+    amp: torch.dtype | None  # autocast dtype, None for fp32
+    micro: int  # sequences per forward on this rank
+    accum: int  # micro-batches per optimizer step
+    world_size: int
+    grad_clip: float
+    params: list[torch.nn.Parameter]  # clipped together, in the model's order
+
+
+class DivergenceWatch:
+    """Stops a run whose loss or gradient norm is not finite, without a host sync every step.
+
+    With a fused AdamW (CUDA) a bad step's update is skipped on the device (`found_inf`) and the
+    first bad step is remembered there; `check()` raises where the loop syncs anyway (log, eval and
+    checkpoint steps), so no checkpoint ever holds a step after it. Otherwise (CPU) every step is
+    checked at once. Either way nothing is updated by a bad step.
+    """
+
+    def __init__(
+        self, optimizer: torch.optim.Optimizer, device: torch.device, run_dir: Path
+    ) -> None:
+        self.deferred = bool(optimizer.defaults.get("fused"))
+        self.first_bad = torch.zeros(3, dtype=torch.float64, device=device)  # step, loss, norm
+        self.where = run_dir / "checkpoints"
+
+    def _error(self, step: int, loss: float, norm: float) -> TrainingDiverged:
+        return TrainingDiverged(
+            f"loss is {loss} (grad norm {norm}) at step {step}; stopped, "
+            f"last good checkpoint kept in {self.where}"
         )
-        with sync:
-            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                logits = model(x)  # (micro, seq_len, vocab)
-                loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten()) / accum
+
+    def guard(self, optimizer, step: int, loss: torch.Tensor, norm: torch.Tensor) -> None:  # noqa: ANN001
+        """Before optimizer.step() of step `step` (1-based)."""
+        if not self.deferred:
+            loss_val, norm_val = loss.item(), norm.item()
+            if not (math.isfinite(loss_val) and math.isfinite(norm_val)):
+                raise self._error(step, loss_val, norm_val)
+            return
+        bad = ~(torch.isfinite(loss) & torch.isfinite(norm))
+        optimizer.found_inf = bad.float()  # the fused kernel skips the update (and its step count)
+        record = torch.stack([torch.full_like(loss, step).double(), loss.double(), norm.double()])
+        self.first_bad = torch.where(bad & (self.first_bad[0] == 0), record, self.first_bad)
+
+    def check(self) -> None:
+        """Raise TrainingDiverged if any step so far was bad (a sync on CUDA)."""
+        if self.deferred:
+            step, loss, norm = self.first_bad.tolist()
+            if step:
+                raise self._error(int(step), loss, norm)
+
+
+def train_step(net, optimizer, loader, plan: StepPlan, watch: DivergenceWatch, step: int):  # noqa: ANN001, ANN201
+    """One optimizer step over `plan.accum` micro-batches; (loss, grad norm) as device tensors."""
+    loss_sum = torch.zeros((), device=plan.device)
+    for i in range(plan.accum):
+        x, y = (to_device(t, plan.device) for t in loader.next(plan.micro))
+        # DDP all-reduces gradients on the last micro-batch only
+        last = i == plan.accum - 1 or plan.world_size == 1
+        with contextlib.nullcontext() if last else net.no_sync():
+            with torch.autocast(plan.device.type, dtype=plan.amp, enabled=plan.amp is not None):
+                loss = net(x, y) / plan.accum
             loss.backward()  # outside autocast, as PyTorch recommends; inside no_sync
         loss_sum += loss.detach()
-    grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), ctx["grad_clip"])
-    if ddp.world_size > 1:
+    grad_norm = torch.nn.utils.clip_grad_norm_(plan.params, plan.grad_clip)
+    if plan.world_size > 1:
         dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
-    loss_val, norm_val = loss_sum.item(), grad_norm.item()
-    if not (math.isfinite(loss_val) and math.isfinite(norm_val)):
-        raise TrainingDiverged(
-            f"loss is {loss_val} (grad norm {norm_val}) at step {step + 1}; stopped, "
-            f"last good checkpoint kept in {ctx['run_dir'] / 'checkpoints'}"
-        )
+    watch.guard(optimizer, step + 1, loss_sum, grad_norm)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return loss_val, norm_val
-
-
-class Throughput:
-    """Tokens/s, MFU and peak memory between two log points (evaluation time excluded)."""
-
-    def __init__(self, tokens: int, flops_per_tok: int, peak: float, device: torch.device) -> None:
-        self.tokens, self.flops, self.peak, self.device = tokens, flops_per_tok, peak, device
-        self.t = time.perf_counter()
-
-    def row(self, step: int, tokens: int) -> dict[str, Any]:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        tps = (tokens - self.tokens) / max(time.perf_counter() - self.t, 1e-9)
-        self.tokens, self.t = tokens, time.perf_counter()
-        mfu = round(tps * self.flops / self.peak, 4) if self.peak else None
-        mem = round(peak_memory(self.device) / 2**20, 1)
-        return {
-            "step": step,
-            "tokens": tokens,
-            "tokens_per_s": round(tps, 1),
-            "mfu": mfu,
-            "peak_memory_mb": mem,
-        }
-
-    def restart(self) -> None:
-        self.t = time.perf_counter()
+    return loss_sum, grad_norm
 
 
 def evaluate_and_sample(
@@ -307,11 +280,12 @@ def make_loader(exp: ExperimentConfig, cache, tok, ddp: Dist):  # noqa: ANN001, 
 
 
 def _wrap(raw_model: SmolLM, tc: TrainConfig, ddp: Dist, device: torch.device) -> torch.nn.Module:
-    model: torch.nn.Module = raw_model
+    """Model + loss, under DDP when there are several ranks, compiled when asked (one graph)."""
+    net: torch.nn.Module = LMLoss(raw_model)
     if ddp.world_size > 1:
         ids = [device.index] if device.type == "cuda" else None
-        model = torch.nn.parallel.DistributedDataParallel(raw_model, device_ids=ids)
-    return torch.compile(model) if tc.compile else model
+        net = torch.nn.parallel.DistributedDataParallel(net, device_ids=ids)
+    return torch.compile(net, dynamic=False) if tc.compile else net
 
 
 def train(
@@ -337,6 +311,7 @@ def train(
     exp = resolve_experiment(exp, len(tok))
     tc, seq_len = exp.train, exp.data.seq_len
     micro, accum, max_steps = batch_plan(tc, seq_len, ddp.world_size)
+    amp = autocast_dtype(tc, device)
 
     torch.manual_seed(tc.seed)
     random.seed(tc.seed)
@@ -347,9 +322,11 @@ def train(
     step, tokens = restore(run_dir, exp, raw_model, optimizer, loader)
     if step == 0:
         torch.manual_seed(tc.seed + ddp.rank)  # per-rank dropout masks; weights already identical
-    model = _wrap(raw_model, tc, ddp, device)
-    amp = autocast_dtype(tc, device)
-    ctx = {"device": device, "amp": amp, "ddp": ddp, "grad_clip": tc.grad_clip, "run_dir": run_dir}
+    net = _wrap(raw_model, tc, ddp, device)
+    plan = StepPlan(
+        device, amp, micro, accum, ddp.world_size, tc.grad_clip, list(raw_model.parameters())
+    )
+    watch = DivergenceWatch(optimizer, device, run_dir)
     tracker = _start_tracking(run_dir, exp, tok, step) if ddp.main else None
     meter = Throughput(
         tokens, flops_per_token(exp.model, seq_len), peak_flops(tc, device) * ddp.world_size, device
@@ -367,11 +344,17 @@ def train(
             lr = lr_at(step, tc, max_steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            loss, norm = train_step(model, raw_model, optimizer, loader, micro, accum, step, ctx)
+            loss, norm = train_step(net, optimizer, loader, plan, watch, step)
             step, tokens = step + 1, tokens + tc.batch_size * seq_len
             bar.update(1)
             last = step == max_steps
-            if tracker and (step % tc.log_every == 0 or last):
+            due = [
+                last or step % every == 0 for every in (tc.log_every, tc.eval_every, tc.ckpt_every)
+            ]
+            if any(due):
+                watch.check()  # every rank, at the same steps: no record is written after a bad step
+            if tracker and due[0]:
+                loss, norm = loss.item(), norm.item()  # the loop's only host syncs: on log steps
                 row = {
                     "step": step,
                     "tokens": tokens,
@@ -384,12 +367,12 @@ def train(
                 perf = meter.row(step, tokens)
                 tracker.log("perf", perf)
                 bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{perf['tokens_per_s']:,.0f}")
-            if tracker and (step % tc.eval_every == 0 or last):
+            if tracker and due[1]:
                 val = evaluate_and_sample(raw_model, cache, tok, exp, amp, tracker, step, tokens)
                 meter.restart()
                 if on_eval is not None:
                     on_eval(step, val.loss)
-            if tracker and (step % tc.ckpt_every == 0 or last):
+            if tracker and due[2]:
                 state = {"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(), "step": step, "tokens": tokens,
                          "loader": loader.state_dict(), "rng": rng_state(), "config": exp.to_dict()}  # fmt: skip
                 save_checkpoint(run_dir, state, tc.keep_checkpoints)

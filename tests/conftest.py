@@ -117,3 +117,13 @@ def smol(*args: str, cwd=None, timeout: int = 600):
         cwd=cwd,
         env=env,
     )
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `gpu` need CUDA: skipped, and said so, where there is none."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

@@ -291,3 +291,32 @@ def test_max_tokens_sets_the_step_count():
     assert batch_plan(exp.train, 256, 1) == (4, 1, 10)
     with pytest.raises(ConfigError, match="set train.max_steps or train.max_tokens"):
         load_experiment([])
+
+
+def test_fused_adamw_skips_a_non_finite_step_without_a_host_sync(tmp_path):
+    """The CUDA path (fused AdamW): a bad step is skipped on the device, reported at the next check."""
+    from smollm.train import DivergenceWatch
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 4)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1, fused=True)  # fused runs on CPU too
+    watch = DivergenceWatch(opt, torch.device("cpu"), tmp_path)
+    assert watch.deferred
+
+    def step(n: int, loss: float) -> None:
+        model(torch.randn(2, 4)).sum().backward()
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        watch.guard(opt, n, torch.tensor(loss), norm)
+        opt.step()
+        opt.zero_grad()
+
+    step(1, 1.0)
+    watch.check()  # nothing bad yet
+    before = [p.detach().clone() for p in model.parameters()]
+    step(2, float("nan"))
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    assert opt.state[model.weight]["step"].item() == 1  # the skipped step is not counted
+    step(3, 2.0)  # a later good step updates again; the first bad one is what is reported
+    assert not torch.equal(before[0], model.weight)
+    with pytest.raises(TrainingDiverged, match="loss is nan .* at step 2"):
+        watch.check()

@@ -1,0 +1,159 @@
+"""Where and how a run computes: device, torchrun process group, autocast, peak FLOP/s and the
+throughput meter (tokens/s, MFU, peak memory). The training loop asks; it does not know."""
+
+from __future__ import annotations
+
+import os
+import resource
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from smollm.config import SmolError, TrainConfig
+
+# Dense bf16 tensor-core peaks (FLOP/s) by device-name substring, for MFU.
+PEAK_FLOPS = {
+    "H200": 989e12,
+    "H100 PCIe": 756e12,
+    "H100": 989e12,
+    "A100": 312e12,
+    "L40S": 362e12,
+    "A10G": 125e12,
+    "L4": 121e12,
+    "4090": 165e12,
+    "3090": 71e12,
+}
+
+
+@dataclass
+class Dist:
+    """This process's place in a torchrun job (one process: rank 0 of 1)."""
+
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device_type: str) -> Dist:
+    """Join the torchrun process group when there is one (gloo on CPU, nccl on CUDA)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return Dist()
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
+    return Dist(dist.get_rank(), int(os.environ.get("LOCAL_RANK", "0")), world)
+
+
+def resolve_device(name: str, local_rank: int) -> torch.device:
+    """auto | cpu | cuda | cuda:N -> a device; plain cuda means this rank's local GPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        name = f"cuda:{local_rank}"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise SmolError(f"train.device={name!r} but CUDA is not available")
+    return torch.device(name)
+
+
+def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """bf16 autocast on CUDA by default, fp32 on CPU unless asked."""
+    choice = cfg.dtype if cfg.dtype != "auto" else ("bf16" if device.type == "cuda" else "fp32")
+    return torch.bfloat16 if choice == "bf16" else None
+
+
+def peak_flops(cfg: TrainConfig, device: torch.device) -> float:
+    """Dense bf16 peak of the device (datasheet), or train.peak_flops; 0 when unknown (no MFU)."""
+    if cfg.peak_flops:
+        return cfg.peak_flops
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        return next((v for k, v in PEAK_FLOPS.items() if k in name), 0.0)
+    return 0.0
+
+
+def peak_memory(device: torch.device) -> int:
+    """Peak bytes allocated on the GPU, or the process's peak resident memory on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host batch on the device; to a GPU through pinned memory, so the copy does not block."""
+    if device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
+class Throughput:
+    """Tokens/s, MFU and peak memory between two log points (evaluation time excluded)."""
+
+    def __init__(self, tokens: int, flops_per_tok: int, peak: float, device: torch.device) -> None:
+        self.tokens, self.flops, self.peak, self.device = tokens, flops_per_tok, peak, device
+        self.t = time.perf_counter()
+
+    def row(self, step: int, tokens: int) -> dict[str, Any]:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        tps = (tokens - self.tokens) / max(time.perf_counter() - self.t, 1e-9)
+        self.tokens, self.t = tokens, time.perf_counter()
+        mfu = round(tps * self.flops / self.peak, 4) if self.peak else None
+        mem = round(peak_memory(self.device) / 2**20, 1)
+        return {
+            "step": step,
+            "tokens": tokens,
+            "tokens_per_s": round(tps, 1),
+            "mfu": mfu,
+            "peak_memory_mb": mem,
+        }
+
+    def restart(self) -> None:
+        self.t = time.perf_counter()
+
+
+# ---------------------------------------------------------------------------- worker processes
+
+
+def visible_gpus() -> list[str]:
+    """The GPUs this process may hand out: CUDA_VISIBLE_DEVICES's entries, else every device."""
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        return [g.strip() for g in env.split(",") if g.strip()]
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def worker_gpu(i: int, gpus: list[str]) -> str | None:
+    """Worker i's GPU: GPU i mod n of `gpus`; None where there is none."""
+    return gpus[i % len(gpus)] if gpus else None
+
+
+def start_workers(target, args: list[tuple], gpus: list[str] | None = None) -> list:  # noqa: ANN001
+    """One spawned process per `args` tuple; worker i sees only GPU i mod n (CUDA_VISIBLE_DEVICES,
+    set before its start, so it is `cuda:0` there and no two workers share a device by accident)."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    gpus = visible_gpus() if gpus is None else gpus
+    saved = os.environ.get("CUDA_VISIBLE_DEVICES")
+    procs = []
+    try:
+        for i, a in enumerate(args):
+            gpu = worker_gpu(i, gpus)
+            if gpu is not None:
+                os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+            proc = ctx.Process(target=target, args=a)
+            proc.start()
+            procs.append(proc)
+    finally:
+        if saved is None:
+            os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+        else:
+            os.environ["CUDA_VISIBLE_DEVICES"] = saved
+    return procs

@@ -1,0 +1,62 @@
+"""torch.compile of the training step: one graph per variant, no graph breaks, no recompiles.
+
+The dynamo-level checks use the `eager` backend (tracing only, seconds); one test runs inductor
+itself on the full model and compares the loss and gradients with eager.
+"""
+
+import pytest
+import torch
+import torch._dynamo
+from torch._dynamo.utils import counters
+
+from smollm.config import PRESETS, ModelConfig
+from smollm.model import SmolLM
+from smollm.train import LMLoss
+
+# Every preset at 10 layers, its own head counts (9 query heads: dim 72, head dim 8).
+SMALL = {"dim": 72, "n_layers": 10, "intermediate_size": 96, "vocab_size": 256, "max_seq_len": 64}
+
+
+def batch(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, SMALL["vocab_size"], (2, 33), generator=g)
+    return x[:, :-1], x[:, 1:]
+
+
+@pytest.fixture(autouse=True)
+def fresh_dynamo():
+    torch._dynamo.reset()
+    counters.clear()
+    yield
+    torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_every_preset_compiles_to_one_graph_without_recompiles(preset):
+    torch.manual_seed(0)
+    net = LMLoss(SmolLM(ModelConfig.from_preset(preset, **SMALL))).train()
+    compiled = torch.compile(net, backend="eager", dynamic=False)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for seed in range(3):  # new data, same shapes: must reuse the one graph
+            compiled(*batch(seed)).backward()
+    assert counters["stats"]["unique_graphs"] == 1
+    assert sum(counters["graph_break"].values()) == 0, dict(counters["graph_break"])
+
+
+def test_inductor_loss_and_gradients_equal_eager():
+    torch.manual_seed(0)
+    model = SmolLM(ModelConfig.from_preset("full", **SMALL)).train()
+    x, y = batch()
+    eager = LMLoss(model)(x, y)
+    eager.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    compiled = torch.compile(LMLoss(model), dynamic=False)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        loss = compiled(x, y)
+        loss.backward()
+        compiled(*batch(1))  # a second batch: no recompile
+    torch.testing.assert_close(loss, eager, rtol=1e-5, atol=1e-5)
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, grads[n], rtol=1e-4, atol=1e-5, msg=n)
+    assert sum(counters["graph_break"].values()) == 0
