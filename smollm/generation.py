@@ -10,6 +10,7 @@ from collections.abc import Iterator, Sequence
 import torch
 
 from smollm.cache import KVCache
+from smollm.decode import pool_for
 
 
 def left_pad(
@@ -81,46 +82,89 @@ def stream(
     eos_token_id: int | Sequence[int] | None = None,
     pad_token_id: int = 0,
     generator: torch.Generator | None = None,
+    graphs: bool | None = None,
+    compile: bool = False,
 ) -> Iterator[torch.Tensor]:
     """Yield the next token of every row (B,) until max_new_tokens or every row hit EOS.
 
     Rows that already finished yield `pad_token_id`. With `use_cache=False` the whole sequence is
-    recomputed each step (the reference the cache is tested against).
+    recomputed each step (the reference the cache is tested against). `graphs` (default: on CUDA)
+    decodes through a captured static-shape step (`smollm.decode`); `compile` also compiles it.
     """
     device = next(model.parameters()).device
     if not isinstance(input_ids, torch.Tensor):
         input_ids, attention_mask = left_pad(input_ids, pad_token_id, device)
+    input_ids = input_ids.to(device)
+    attention_mask = attention_mask.to(device) if attention_mask is not None else None
     B, T = input_ids.shape
     _check_args(model, T, max_new_tokens, temperature, top_k, top_p)
+    if graphs is None:
+        graphs = device.type == "cuda"
+    if max_new_tokens == 0:
+        return
+    if graphs and use_cache:
+        padded = attention_mask is not None and not bool(attention_mask.all())
+        with pool_for(model).acquire(model, B, T + max_new_tokens, compile) as decoder:
+            logits = decoder.prefill(input_ids, attention_mask if padded else None)
+            yield from _sample_loop(logits, decoder.step, B, max_new_tokens, temperature, top_k, top_p,
+                                    eos_token_id, pad_token_id, generator)  # fmt: skip
+        return
     total = T + max_new_tokens
     # The mask grows as tokens are generated; with no padding at all it stays None (fast paths).
     mask = None
     if attention_mask is not None and not bool(attention_mask.all()):
         mask = torch.ones(B, total, dtype=torch.long, device=device)
         mask[:, :T] = attention_mask
-    eos = torch.tensor(
-        [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id or []), device=device
-    )
-    done = torch.zeros(B, dtype=torch.bool, device=device)
     dtype = next(model.parameters()).dtype
     cache = KVCache(model.config, B, total, dtype, device) if use_cache else None
     seq = torch.empty(B, total, dtype=torch.long, device=device)
     seq[:, :T] = input_ids
-    step_input, n = input_ids, T
-    for _ in range(max_new_tokens):
+    n = T
+
+    def forward(step_input: torch.Tensor) -> torch.Tensor:
+        nonlocal n
         if cache is None:
             step_input = seq[:, :n]
         step_mask = mask[:, :n] if mask is not None else None
-        logits = model(step_input, attention_mask=step_mask, cache=cache, last_only=True)[:, -1]
-        token = sample_next(logits, temperature, top_k, top_p, generator)
-        token = torch.where(done, torch.full_like(token, pad_token_id), token)
+        return model(step_input, attention_mask=step_mask, cache=cache, last_only=True)[:, -1]
+
+    def advance(token: torch.Tensor) -> torch.Tensor:
+        nonlocal n
         seq[:, n] = token
         n += 1
+        return forward(token[:, None])
+
+    logits = forward(input_ids)
+    yield from _sample_loop(logits, advance, B, max_new_tokens, temperature, top_k, top_p,
+                            eos_token_id, pad_token_id, generator)  # fmt: skip
+
+
+def _sample_loop(
+    logits,
+    advance,
+    B,
+    max_new_tokens,
+    temperature,
+    top_k,
+    top_p,
+    eos_token_id,
+    pad_token_id,
+    generator,
+) -> Iterator[torch.Tensor]:  # noqa: ANN001
+    """Sample, yield, and feed back until max_new_tokens or every row is done; advance(token) -> logits."""
+    device = logits.device
+    eos = torch.tensor(
+        [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id or []), device=device
+    )
+    done = torch.zeros(B, dtype=torch.bool, device=device)
+    for i in range(max_new_tokens):
+        token = sample_next(logits, temperature, top_k, top_p, generator)
+        token = torch.where(done, torch.full_like(token, pad_token_id), token)
         yield token
         done |= torch.isin(token, eos)
-        if bool(done.all()):
+        if i == max_new_tokens - 1 or bool(done.all()):
             return
-        step_input = token[:, None]
+        logits = advance(token)
 
 
 def generate(model, input_ids, max_new_tokens: int = 64, **kwargs) -> torch.Tensor:  # noqa: ANN001, ANN003

@@ -42,17 +42,23 @@ class GenerateRequest(BaseModel):
 class Generator:
     """Runs one request's generation; token by token, each with its own cache and RNG."""
 
-    def __init__(self, model, tokenizer, max_concurrent: int = 2) -> None:  # noqa: ANN001
-        self.model, self.tokenizer = model, tokenizer
+    def __init__(self, model, tokenizer, max_concurrent: int = 2, compile: bool = False) -> None:  # noqa: ANN001
+        self.model, self.tokenizer, self.compile = model, tokenizer, compile
+        self.device = next(model.parameters()).device
         self.slots = threading.BoundedSemaphore(max_concurrent)
         self.eos = stop_ids(tokenizer)
+
+    def warm_up(self) -> None:
+        """Capture (and compile) the decode step of the shortest bucket before the first request."""
+        for _ in self.pieces(GenerateRequest(prompt="Hello", max_new_tokens=2, temperature=0.0)):
+            pass
 
     def pieces(self, req: GenerateRequest, cancel: threading.Event | None = None) -> Iterator[str]:
         """Text pieces as they are generated (held back while a UTF-8 character is incomplete)."""
         ids = self.tokenizer(req.prompt, return_tensors="pt").input_ids[
             :, -(self.model.config.max_seq_len - req.max_new_tokens) :
         ]
-        gen = torch.Generator().manual_seed(req.seed) if req.seed is not None else None
+        gen = torch.Generator(self.device).manual_seed(req.seed) if req.seed is not None else None
         with self.slots:  # a queue: at most max_concurrent generations run at once
             tokens = stream(
                 self.model,
@@ -63,6 +69,7 @@ class Generator:
                 req.top_p,
                 eos_token_id=self.eos,
                 generator=gen,
+                compile=self.compile,
             )
 
             def until_stop() -> Iterator[int]:
@@ -74,10 +81,14 @@ class Generator:
             yield from decode_stream(self.tokenizer, until_stop())
 
 
-def create_app(model, tokenizer, name: str, max_concurrent: int = 2) -> FastAPI:  # noqa: ANN001
-    """The FastAPI app serving `model` (already on its device, in eval mode)."""
+def create_app(
+    model, tokenizer, name: str, max_concurrent: int = 2, compile: bool = False
+) -> FastAPI:  # noqa: ANN001
+    """The FastAPI app serving `model` (already on its device, in eval mode); on CUDA each
+    generation decodes through a captured CUDA graph (`compile`: a compiled one)."""
     app = FastAPI(title="smollm", description=f"Text generation with {name}", version="1")
-    gen = Generator(model, tokenizer, max_concurrent)
+    gen = Generator(model, tokenizer, max_concurrent, compile)
+    app.state.generator = gen
     info = {
         "model": name,
         "parameters": model.num_parameters(),
