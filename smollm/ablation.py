@@ -56,6 +56,7 @@ class Ablation:
     reference: bool = True
     description: str = ""
     raw: dict = field(default_factory=dict)
+    source: tuple[str, tuple[str, ...]] = ("", ())  # (file, overrides): how a worker reloads it
 
     def experiment(self, variant: Variant, seed: int) -> ExperimentConfig:
         """The experiment of one run: preset, then the base's overrides, then the variant's."""
@@ -124,6 +125,7 @@ def load_ablation(path: str | Path, overrides: list[str] | None = None) -> Ablat
         name=str(raw.get("name") or Path(path).stem), base=base, variants=variants,
         seeds=tuple(int(s) for s in raw.get("seeds") or [0]), baseline=str(raw.get("baseline") or names[0]),
         reference=bool(raw.get("reference", True)), description=str(raw.get("description") or ""), raw=raw,
+        source=(str(path), tuple(overrides or ())),
     )  # fmt: skip
     seen: dict[str, str] = {}
     for v in variants:  # every run's config is valid and distinct before anything starts
@@ -144,9 +146,12 @@ def load_ablation(path: str | Path, overrides: list[str] | None = None) -> Ablat
 
 
 def run_ablation(
-    ablation: Ablation, runs_root: Path, progress: bool = True
+    ablation: Ablation, runs_root: Path, progress: bool = True, workers: int = 1
 ) -> list[dict[str, Any]]:
-    """Train every (variant, seed) not yet finished; a failure is recorded and the rest go on."""
+    """Train every (variant, seed) not yet finished; a failure is recorded and the rest go on.
+
+    With `workers` > 1 the runs go to that many processes, worker i on GPU i mod n.
+    """
     root = runs_root / ablation.name
     root.mkdir(parents=True, exist_ok=True)
     (root / "ablation.json").write_text(json.dumps(ablation.raw, indent=2) + "\n")
@@ -163,31 +168,90 @@ def run_ablation(
             )
             + "\n"
         )
-    from smollm.train import train
-
-    outcomes = []
     jobs = [(v, s) for v in ablation.variants for s in ablation.seeds]
-    for i, (variant, seed) in enumerate(jobs, 1):
-        run_dir = root / run_name(variant, seed)
-        print(f"[{i}/{len(jobs)}] {run_dir.name}", file=sys.stderr, flush=True)
-        try:
-            summary = train(ablation.experiment(variant, seed), run_dir, progress=progress)
-        except (SmolError, RuntimeError, ValueError, OSError) as e:  # recorded, the ladder goes on
-            summary = {"status": "failed", "error": f"{type(e).__name__}: {e}"}
-            if not isinstance(e, SmolError):
-                (run_dir / "error.log").write_text(traceback.format_exc())
-            _record_failure(run_dir, summary)
-        outcomes.append(
-            {
-                "run": run_dir.name,
-                "variant": variant.name,
-                "seed": seed,
-                **{k: summary.get(k) for k in ("status", "step", "val_loss", "val_bpb", "error")},
-            }
-        )
+    if workers > 1 and len(jobs) > 1:
+        outcomes = _run_parallel(ablation, root, len(jobs), workers)
+    else:
+        outcomes = [_run_one(ablation, root, i, progress) for i in range(len(jobs))]
     if ablation.reference:
         evaluate_reference(ablation, root, progress)
     return outcomes
+
+
+def _run_one(ablation: Ablation, root: Path, index: int, progress: bool) -> dict[str, Any]:
+    """Train the index-th (variant, seed) of the ablation; its outcome row."""
+    from smollm.train import train
+
+    jobs = [(v, s) for v in ablation.variants for s in ablation.seeds]
+    variant, seed = jobs[index]
+    run_dir = root / run_name(variant, seed)
+    print(f"[{index + 1}/{len(jobs)}] {run_dir.name}", file=sys.stderr, flush=True)
+    try:
+        summary = train(ablation.experiment(variant, seed), run_dir, progress=progress)
+    except (SmolError, RuntimeError, ValueError, OSError) as e:  # recorded, the ladder goes on
+        summary = {"status": "failed", "error": f"{type(e).__name__}: {e}"}
+        if not isinstance(e, SmolError):
+            (run_dir / "error.log").write_text(traceback.format_exc())
+        _record_failure(run_dir, summary)
+    return {
+        "run": run_dir.name,
+        "variant": variant.name,
+        "seed": seed,
+        **{k: summary.get(k) for k in ("status", "step", "val_loss", "val_bpb", "error")},
+    }
+
+
+def _worker(source: tuple, root: str, todo, done, threads: int) -> None:  # noqa: ANN001
+    """A worker process: take job indices from `todo` until it is empty, put outcomes on `done`."""
+    import queue
+
+    import torch
+
+    torch.set_num_threads(threads)
+    ablation = load_ablation(source[0], list(source[1]))
+    while True:
+        try:
+            index = todo.get_nowait()
+        except queue.Empty:
+            return
+        done.put((index, _run_one(ablation, Path(root), index, progress=False)))
+
+
+def _run_parallel(
+    ablation: Ablation, root: Path, n_jobs: int, workers: int
+) -> list[dict[str, Any]]:
+    """The jobs over `workers` processes; a worker that dies fails its job, the others go on."""
+    import multiprocessing as mp
+    import os
+    import queue
+
+    from smollm.runtime import start_workers
+
+    ctx = mp.get_context("spawn")
+    todo, done = ctx.Queue(), ctx.Queue()
+    for i in range(n_jobs):
+        todo.put(i)
+    workers = min(workers, n_jobs)
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    procs = start_workers(_worker, [(ablation.source, str(root), todo, done, threads)] * workers)
+    outcomes: dict[int, dict[str, Any]] = {}
+    while len(outcomes) < n_jobs:
+        try:
+            index, outcome = done.get(timeout=1.0)
+            outcomes[index] = outcome
+        except queue.Empty:
+            if not any(p.is_alive() for p in procs) and done.empty():
+                break
+    for p in procs:
+        p.join()
+    jobs = [(v, s) for v in ablation.variants for s in ablation.seeds]
+    for i, (variant, seed) in enumerate(jobs):  # a job whose worker died without an outcome
+        if i not in outcomes:
+            error = f"its worker process exited (codes {[p.exitcode for p in procs]})"
+            outcomes[i] = {"run": run_name(variant, seed), "variant": variant.name, "seed": seed,
+                           "status": "failed", "error": error}  # fmt: skip
+            _record_failure(root / run_name(variant, seed), {"status": "failed", "error": error})
+    return [outcomes[i] for i in range(n_jobs)]
 
 
 def _record_failure(run_dir: Path, summary: dict[str, Any]) -> None:

@@ -354,9 +354,7 @@ def run_worker(
 def run_sweep(
     sweep_path: str, overrides: list[str], runs_root: Path, storage: str | None, workers: int
 ) -> str:
-    """Run `workers` worker processes on one storage; returns the storage URL."""
-    import multiprocessing as mp
-
+    """Run `workers` worker processes on one storage (worker i on GPU i mod n); returns the URL."""
     sweep = load_sweep(sweep_path, overrides)  # errors before any process starts
     url = storage_url(sweep.name, runs_root, storage)
     open_study(sweep, url)  # create the study once, so workers do not race to create it
@@ -364,13 +362,11 @@ def run_sweep(
     if workers == 1:
         run_worker(sweep_path, overrides, str(runs_root), url, threads)
         return url
-    ctx = mp.get_context("spawn")
-    procs = [
-        ctx.Process(target=run_worker, args=(sweep_path, overrides, str(runs_root), url, threads))
-        for _ in range(workers)
-    ]
-    for p in procs:
-        p.start()
+    from smollm.runtime import start_workers
+
+    procs = start_workers(  # worker i on GPU i mod n
+        run_worker, [(sweep_path, overrides, str(runs_root), url, threads)] * workers
+    )
     for p in procs:
         p.join()
     bad = [p.exitcode for p in procs if p.exitcode]

@@ -169,3 +169,22 @@ def test_shipped_ablation_files_are_valid():
     default = load_ablation(ROOT / "experiments" / "default.yaml")
     assert len(default.seeds) >= 2 and {"v1", "v2", "full"} <= {v.name for v in default.variants}
     assert shutil.which("git")  # provenance records the git SHA
+
+
+def test_parallel_workers_give_the_sequential_results(tmp_path):
+    """`--workers 2`: (variant, seed) pairs in two processes, the same numbers as one process."""
+    seq = run_smoke(tmp_path, "seq", "seq-results")
+    assert seq.returncode == 0, seq.stderr[-2000:]
+    par = smol(
+        "run", "ablation", str(SMOKE), "--runs-dir", "par", "--results-dir", "par-results",
+        "--quiet", "--workers", "2", cwd=tmp_path,
+    )  # fmt: skip
+    assert par.returncode == 0, par.stderr[-2000:]
+    assert deterministic(tmp_path / "par-results" / "smoke" / "summary.csv") == deterministic(
+        tmp_path / "seq-results" / "smoke" / "summary.csv"
+    )
+    again = smol(
+        "run", "ablation", str(SMOKE), "--runs-dir", "par", "--results-dir", "par-results",
+        "--quiet", "--workers", "2", cwd=tmp_path,
+    )  # fmt: skip
+    assert again.returncode == 0 and "4/4 runs finished" in again.stdout
