@@ -28,6 +28,7 @@ bench: setup
 	$(PY) benchmarks/generate.py
 	$(PY) benchmarks/train.py
 	$(PY) benchmarks/data.py --tokenizer bpe-8k
+	@if $(PY) -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; then $(PY) benchmarks/gpu.py; else echo "bench: no CUDA device, skipping benchmarks/gpu.py"; fi
 
 serve: setup
 	$(SMOL) serve

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Every GPU figure of the project in one call to a GPU machine (about 6-7 minutes on an H100/H200):
+#   1. `smol train` of SmolLM2-135M at 2048 context, compiled, 32x2048 per step: tokens/s and MFU
+#      as the training loop itself reports them (perf.jsonl);
+#   2. benchmarks/gpu.py: matmul peak, SDPA backends, training rows vs transformers (eager and
+#      compiled, 16x2048) and a profile of our compiled step;
+#   3. decode on the weights trained in 1 (gpu.py --only decode) and `smol generate` there.
+# Usage, from the project root:  bash ../shared/gpu/bundle.sh (here, once), then on the GPU machine
+#   bash benchmarks/gpu-session.sh OUT_DIR      (OUT_DIR default: $OUT, else /tmp/smollm-gpu)
+set -uo pipefail
+out=${1:-${OUT:-/tmp/smollm-gpu}}
+mkdir -p "$out"
+# shellcheck disable=SC1091
+source .gpu/setup.sh
+nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm,power.limit,driver_version --format=csv | tee "$out/nvidia-smi.txt"
+run=runs/gpu-full-135m
+rm -rf "$run"
+echo "== smol train (full 135M, 2048, compiled, 32x2048)"
+time python3 -m smollm.cli train model.preset=full data.seq_len=2048 data.tokenizer=.gpu/tok \
+  train.batch_size=32 train.micro_batch_size=32 train.max_steps=50 train.warmup_steps=10 \
+  train.compile=true train.dtype=bf16 train.log_every=10 train.eval_every=50 train.ckpt_every=50 \
+  train.eval_blocks=16 tracking.mode=disabled --run-dir "$run" --quiet 2>&1 | tail -20
+cp "$run/perf.jsonl" "$out/train-perf.jsonl" 2>/dev/null && cat "$run/perf.jsonl"
+tail -2 "$run/metrics.jsonl" 2>/dev/null
+echo "== benchmarks/gpu.py (training rows at 16x2048, attention, profile)"
+time python3 benchmarks/gpu.py --only attention,train --profile --out "$out/gpu-train.md" 2>&1 | grep -v "Loading weights"
+echo "== decode on the trained weights"
+ids=$(python3 -c "from transformers import AutoTokenizer; t=AutoTokenizer.from_pretrained('.gpu/tok'); print(','.join(map(str, t('Once upon a time').input_ids)))")
+time python3 benchmarks/gpu.py --only decode --model "$run" --prompt-ids "$ids" --out "$out/gpu-decode.md" 2>&1 | grep -v "Loading weights"
+python3 -m smollm.cli generate "Once upon a time" --model "$run" --max-new-tokens 48 --temperature 0 2>&1 | tail -3

@@ -1,0 +1,482 @@
+"""GPU throughput, side by side in one process: smollm vs transformers, training and decode.
+
+    python benchmarks/gpu.py [--batch 16] [--seq-len 2048] [--steps 10] [--rounds 3]
+                             [--decode-tokens 128] [--model RUN_OR_HF_DIR] [--out FILE.md]
+
+Prints, for whatever CUDA GPU it runs on:
+- the device, software versions, the datasheet bf16 peak and a measured one (8192^3 bf16 matmul
+  on random data);
+- the SDPA backends at the model's attention shape (GQA 9/3, head dim 64, causal, fwd + bwd), and
+  which kernel the default dispatch runs;
+- training tokens/s, MFU (against both peaks) and peak memory at the 135M shape for ours and
+  `LlamaForCausalLM`, eager and torch.compile'd, same weights, same AdamW, bf16 autocast; ours runs
+  `smollm.train.train_step` itself (the loss inside the compiled region, no per-step host sync),
+  transformers runs `torch.compile(model)` with the loss outside, as users do. The timed steps of
+  all rows are interleaved over `--rounds` rounds (median), so clock drift hits every row alike;
+- decode tokens/s at batch 1 (greedy, bf16): transformers `generate`, ours eager, ours through a
+  CUDA graph, ours compiled + CUDA graph; whether each gives the eager path's tokens; and the
+  weight-bandwidth ceiling.
+
+FLOP accounting (`smollm.config.flops_per_token`): 6 x (non-embedding parameters + lm_head) +
+12 x layers x dim x seq_len per token (PaLM convention: attention scores counted in full, although
+causal kernels skip the masked half); 1.232 GFLOP per token for SmolLM2-135M at 2048.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+import traceback
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from smollm import ModelConfig, SmolLM  # noqa: E402
+from smollm.config import TrainConfig, flops_per_token  # noqa: E402
+from smollm.runtime import peak_flops, to_device  # noqa: E402
+from smollm.train import DivergenceWatch, LMLoss, StepPlan, make_optimizer, train_step  # noqa: E402
+
+GB = 1e9
+LINES: list[str] = []  # everything printed, for --out
+
+
+def say(line: str = "") -> None:
+    print(line, flush=True)
+    LINES.append(line)
+
+
+DEVICE = torch.device("cuda")  # --dry-run: cpu, to check the script itself without a GPU
+
+
+def cuda_time(fn, repeats: int, warmup: int = 2) -> float:  # noqa: ANN001
+    """Median seconds of fn() by CUDA events (host clock on the CPU dry run), after warm-up."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        if DEVICE.type != "cuda":
+            t = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t)
+            continue
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    return statistics.median(times)
+
+
+def sync() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def allocated(peak: bool = False) -> int:
+    if DEVICE.type != "cuda":
+        return 0
+    return torch.cuda.max_memory_allocated() if peak else torch.cuda.memory_allocated()
+
+
+def matmul_peak(n: int) -> float:
+    """FLOP/s of an n^3 bf16 matmul on random data (several input sets, so not from the cache)."""
+    sets = [
+        (torch.randn(n, n, device=DEVICE, dtype=torch.bfloat16), torch.randn(n, n, device=DEVICE, dtype=torch.bfloat16))
+        for _ in range(3)
+    ]  # fmt: skip
+    out = torch.empty(n, n, device=DEVICE, dtype=torch.bfloat16)
+    i = [0]
+
+    def mm() -> None:
+        a, b = sets[i[0] % 3]
+        i[0] += 1
+        torch.mm(a, b, out=out)
+
+    return 2 * n**3 / cuda_time(mm, 20, 5)
+
+
+def copy_bandwidth() -> float:
+    """Device memory bytes per second (read + write) of a 2 GB device-to-device copy."""
+    src = torch.randn(2**29 if DEVICE.type == "cuda" else 2**24, device=DEVICE)
+    dst = torch.empty_like(src)
+    t = cuda_time(lambda: dst.copy_(src), 10)
+    return 2 * src.numel() * 4 / t
+
+
+# ---------------------------------------------------------------------------- attention
+
+
+def attention_backends(batch: int, seq: int, cfg: ModelConfig) -> None:
+    """fwd + bwd time of each SDPA backend at the model's attention shape, GQA and expanded K/V."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    hd, H, KV = cfg.head_dim, cfg.n_heads, cfg.n_kv_heads
+    q = torch.randn(batch, H, seq, hd, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    k = torch.randn(batch, KV, seq, hd, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    v = torch.randn_like(k, requires_grad=True)
+    flops = 4 * batch * H * seq * seq * hd * 3.5 / 2  # causal: half; bwd = 2.5x fwd
+    say(f"\nSDPA at ({batch}, {H}/{KV} heads, {seq}, {hd}), causal, bf16, forward + backward:")
+    say(f"{'backend':<12}{'GQA (enable_gqa)':>20}{'K/V expanded':>16}")
+    backends = {
+        "default": None,
+        "flash": SDPBackend.FLASH_ATTENTION,
+        "efficient": SDPBackend.EFFICIENT_ATTENTION,
+        "cudnn": SDPBackend.CUDNN_ATTENTION,
+    }
+    for name, backend in backends.items():
+        cells = []
+        for gqa in (True, False):
+
+            def run(gqa: bool = gqa) -> None:
+                kk, vv = (
+                    (k, v)
+                    if gqa
+                    else (k.repeat_interleave(H // KV, 1), v.repeat_interleave(H // KV, 1))
+                )
+                out = F.scaled_dot_product_attention(q, kk, vv, is_causal=True, enable_gqa=gqa)
+                out.backward(torch.ones_like(out))
+
+            try:
+                ctx = sdpa_kernel([backend]) if backend is not None else _null()
+                with ctx:
+                    t = cuda_time(run, 5)
+                cells.append(f"{t * 1e3:.2f} ms {flops / t / 1e12:.0f} TF")
+            except RuntimeError as e:
+                cells.append(
+                    "unsupported" if "No available kernel" in str(e) else f"error: {str(e)[:30]}"
+                )
+        say(f"{name:<12}{cells[0]:>20}{cells[1]:>16}")
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+        out.backward(torch.ones_like(out))
+        torch.cuda.synchronize()
+    names = sorted(
+        {
+            e.key
+            for e in prof.key_averages()
+            if any(
+                s in e.key.lower() for s in ("flash", "fmha", "cudnn", "attention", "sdpa", "mha")
+            )
+        }
+    )
+    say(
+        "default dispatch runs: "
+        + ("; ".join(n[:90] for n in names) or "(no attention kernel recognised)")
+    )
+
+
+class _null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *a) -> None:  # noqa: ANN002
+        return None
+
+
+# ---------------------------------------------------------------------------- training
+
+
+class RandomBlocks:
+    """A loader stand-in: random token blocks on the host, as BlockLoader hands them out."""
+
+    def __init__(self, vocab: int, seq: int) -> None:
+        self.vocab, self.seq = vocab, seq
+        self.g = torch.Generator().manual_seed(0)
+
+    def next(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.randint(0, self.vocab, (n, self.seq + 1), generator=self.g)
+        return x[:, :-1].contiguous(), x[:, 1:].contiguous()
+
+
+def ours_runner(weights: str, batch: int, seq: int, compile: bool):  # noqa: ANN201
+    """smollm's own training step (smollm.train.train_step) on the model loaded from `weights`."""
+    device = DEVICE
+    tc = TrainConfig(max_steps=1, compile=compile)
+    raw = SmolLM.from_pretrained(weights, device=str(DEVICE)).train()
+    net = LMLoss(raw)
+    net = torch.compile(net, dynamic=False) if compile else net
+    opt = make_optimizer(raw, tc, device)
+    plan = StepPlan(device, torch.bfloat16, batch, 1, 1, 1.0, list(raw.parameters()))
+    watch = DivergenceWatch(opt, device, __import__("pathlib").Path(tempfile.gettempdir()))
+    loader = RandomBlocks(raw.config.vocab_size, seq)
+    state = {"step": 0}
+
+    def step() -> None:
+        train_step(net, opt, loader, plan, watch, state["step"])
+        state["step"] += 1
+
+    return step, (raw, opt, net), watch
+
+
+def hf_runner(weights: str, batch: int, seq: int, compile: bool):  # noqa: ANN201
+    """LlamaForCausalLM with the same weights and AdamW; torch.compile(model), loss outside."""
+    from transformers import AutoModelForCausalLM
+
+    device = DEVICE
+    model = AutoModelForCausalLM.from_pretrained(weights, dtype=torch.float32).to(device).train()
+    opt = make_optimizer(model, TrainConfig(max_steps=1), device)
+    fwd = torch.compile(model, dynamic=False) if compile else model
+    loader = RandomBlocks(model.config.vocab_size, seq)
+
+    def step() -> None:
+        x, y = (to_device(t, device) for t in loader.next(batch))
+        with torch.autocast(DEVICE.type, dtype=torch.bfloat16):
+            logits = fwd(x).logits
+            loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step, (model, opt, fwd), None
+
+
+def compile_counters() -> str:
+    from torch._dynamo.utils import counters
+
+    breaks = sum(counters["graph_break"].values())
+    return f"{counters['stats']['unique_graphs']} graph(s) compiled in all, {breaks} graph breaks"
+
+
+def training(args, weights: str, cfg: ModelConfig, peaks: dict[str, float]) -> None:  # noqa: ANN001
+    """Build and warm every row (compiling where asked), then time them interleaved."""
+    rows = [
+        ("transformers, eager", hf_runner, False),
+        ("ours, eager", ours_runner, False),
+        ("ours, compiled train_step", ours_runner, True),
+        ("transformers, torch.compile(model)", hf_runner, True),
+    ]
+    tokens = args.batch * args.seq_len
+    fpt = flops_per_token(cfg, args.seq_len)
+    built = []
+    for name, make, compile in rows:
+        if DEVICE.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        base = allocated()
+        t = time.perf_counter()
+        try:
+            step, keep, watch = make(weights, args.batch, args.seq_len, compile)
+            for _ in range(3):
+                step()
+            sync()
+        except torch.OutOfMemoryError:
+            say(f"{name}: out of memory at {args.batch}x{args.seq_len}")
+            continue
+        mem = (allocated(peak=True) - base) / GB
+        say(
+            f"built {name}: warm-up (compile included) {time.perf_counter() - t:.0f} s, peak {mem:.1f} GB"
+        )
+        built.append([name, step, keep, watch, mem, []])
+        if name == "ours, compiled train_step":  # before transformers compiles anything
+            say(f"torch._dynamo after ours compiled: {compile_counters()}")
+    for _ in range(args.rounds):  # interleaved: each round times every row
+        for row in built:
+            row[5].append(cuda_time(row[1], args.steps, warmup=1))
+    for row in built:
+        if row[3] is not None:
+            row[3].check()  # no step was non-finite
+    say(f"\nTraining, {args.preset} shape, {args.batch}x{args.seq_len}, bf16 autocast, fused AdamW, grad clip; "
+        f"{args.rounds} rounds x {args.steps} steps, interleaved; {fpt / 1e9:.3f} GFLOP/token")  # fmt: skip
+    say(
+        f"| row | tokens/s | MFU (datasheet {peaks['datasheet'] / 1e12:.0f} TF) | MFU (measured {peaks['measured'] / 1e12:.0f} TF) | peak memory | spread over rounds |"
+    )
+    say("|---|---:|---:|---:|---:|---:|")
+    rates = {}
+    for name, _, _, _, mem, times in built:
+        t = statistics.median(times)
+        rates[name] = tokens / t
+        mfu = tokens / t * fpt
+        spread = (max(times) - min(times)) / t
+        say(
+            f"| {name} | {tokens / t:,.0f} | {mfu / peaks['datasheet']:.1%} | {mfu / peaks['measured']:.1%} | {mem:.1f} GB | {spread:.1%} |"
+        )
+    for ours, ref in (
+        ("ours, eager", "transformers, eager"),
+        ("ours, compiled train_step", "transformers, torch.compile(model)"),
+    ):
+        if ours in rates and ref in rates:
+            say(f"ratio {ours} / {ref}: {rates[ours] / rates[ref]:.2f}x")
+    if args.profile and any(r[0] == "ours, compiled train_step" for r in built):
+        profile_step(next(r[1] for r in built if r[0] == "ours, compiled train_step"))
+    built.clear()
+    if DEVICE.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def profile_step(step) -> None:  # noqa: ANN001
+    """The heaviest GPU kernels of two compiled steps, by total CUDA time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
+        for _ in range(2):
+            step()
+        sync()
+    events = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
+    total = sum(e.self_device_time_total for e in events) or 1
+    say("\nprofile of two compiled steps, top GPU kernels (share of GPU time, calls):")
+    for e in sorted(events, key=lambda e: -e.self_device_time_total)[:18]:
+        say(f"  {e.self_device_time_total / total:6.1%} {e.count:6d}  {e.key[:110]}")
+
+
+# ---------------------------------------------------------------------------- decode
+
+
+def decode(args, weights: str, label: str) -> None:  # noqa: ANN001
+    from transformers import AutoModelForCausalLM
+
+    n = args.decode_tokens
+    ours = SmolLM.from_pretrained(weights, dtype=torch.bfloat16, device=str(DEVICE))
+    ref = AutoModelForCausalLM.from_pretrained(weights, dtype=torch.bfloat16).to(DEVICE).eval()
+    ids = torch.tensor([[1, 504, 2268, 253, 655]], device=DEVICE)  # "Once upon a time"-like prompt
+    if args.prompt_ids:
+        ids = torch.tensor([[int(t) for t in args.prompt_ids.split(",")]], device=DEVICE)
+    ids = ids % ours.config.vocab_size
+    mask = torch.ones_like(ids)
+
+    def hf() -> torch.Tensor:
+        with torch.inference_mode():
+            return ref.generate(ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n,
+                                do_sample=False, eos_token_id=None, pad_token_id=0)  # fmt: skip
+
+    variants = {
+        "transformers generate": hf,
+        "ours, eager": lambda: ours.generate(ids, max_new_tokens=n, graphs=False),
+        "ours, CUDA graph": lambda: ours.generate(ids, max_new_tokens=n, graphs=True),
+        "ours, compiled + CUDA graph": lambda: ours.generate(ids, max_new_tokens=n, graphs=True, compile=True),
+    }  # fmt: skip
+    outs, setup = {}, {}
+    for name, fn in variants.items():
+        t = time.perf_counter()
+        try:
+            outs[name] = fn()
+            sync()
+        except Exception:  # noqa: BLE001 - reported, the other rows go on
+            say(f"{name}: failed\n{traceback.format_exc()}")
+        setup[name] = time.perf_counter() - t
+    times = {name: [] for name in outs}
+    for _ in range(args.rounds):
+        for name in outs:
+            times[name].append(cuda_time(variants[name], 1, warmup=0))
+    bw = copy_bandwidth()
+    weight_bytes = ours.num_parameters() * 2
+    say(
+        f"\nDecode, batch 1, {ids.shape[1]}-token prompt, {n} new tokens, greedy, bf16; weights: {label}"
+    )
+    say(
+        f"ceiling: {weight_bytes / 1e6:.0f} MB of weights / {bw / GB:,.0f} GB/s (device copy, read + write) = {bw / weight_bytes:,.0f} tok/s"
+    )
+    say(
+        "| row | tokens/s | vs transformers | first call (capture/compile) | tokens vs ours eager |"
+    )
+    say("|---|---:|---:|---:|---|")
+    ref_rate = (
+        n / statistics.median(times["transformers generate"])
+        if "transformers generate" in times
+        else None
+    )
+    for name, ts in times.items():
+        rate = n / statistics.median(ts)
+        same = (
+            outs[name].tolist() == outs["ours, eager"].tolist() if "ours, eager" in outs else None
+        )
+        first = ""
+        if not same and same is not None:
+            a, b = outs[name][0].tolist(), outs["ours, eager"][0].tolist()
+            first = f" (first difference at new token {next(i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y) - ids.shape[1]})"
+        ratio = f"{rate / ref_rate:.1f}x" if ref_rate else "—"
+        say(
+            f"| {name} | {rate:,.0f} | {ratio} | {setup[name]:.1f} s | {'identical' if same else 'differ' + first} |"
+        )
+
+
+# ---------------------------------------------------------------------------- main
+
+
+def main() -> None:
+    global DEVICE
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--batch", type=int, default=16, help="micro-batch of the training rows")
+    p.add_argument("--seq-len", type=int, default=2048)
+    p.add_argument("--steps", type=int, default=10, help="timed steps per row per round")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--preset", default="smollm2-135m")
+    p.add_argument("--decode-tokens", type=int, default=128)
+    p.add_argument("--model", help="weights for decode (run dir or HF dir; default: random init)")
+    p.add_argument("--prompt-ids", help="comma-separated prompt token ids for decode")
+    p.add_argument("--only", default="attention,train,decode", help="sections to run")
+    p.add_argument(
+        "--profile", action="store_true", help="print the top kernels of a compiled step"
+    )
+    p.add_argument("--out", help="also write the output to this file")
+    p.add_argument("--dry-run", action="store_true",
+                   help="no GPU: run every section on the CPU with a 2-layer model (checks the script, measures nothing)")  # fmt: skip
+    args = p.parse_args()
+    overrides = {}
+    if args.dry_run:
+        DEVICE = torch.device("cpu")
+        overrides = dict(
+            dim=64, n_layers=2, n_heads=4, n_kv_heads=2, intermediate_size=128, vocab_size=512
+        )
+    elif not torch.cuda.is_available():
+        sys.exit(
+            "benchmarks/gpu.py needs a CUDA device (none found); --dry-run checks it on the CPU"
+        )
+    import transformers
+
+    only = set(args.only.split(","))
+    if DEVICE.type == "cuda":
+        props = torch.cuda.get_device_properties(0)
+        where = f"{props.name} ({props.total_memory / 2**30:.0f} GiB, {props.multi_processor_count} SMs)"
+    else:
+        where = (
+            f"CPU dry run ({torch.get_num_threads()} threads): checks the script, measures nothing"
+        )
+    say(
+        f"device: {where}, torch {torch.__version__}, CUDA {torch.version.cuda}, transformers {transformers.__version__}"
+    )
+    peaks = {"datasheet": peak_flops(TrainConfig(max_steps=1), DEVICE) or float("nan")}
+    peaks["measured"] = matmul_peak(8192 if DEVICE.type == "cuda" else 512)
+    say(
+        f"bf16 peak: datasheet {peaks['datasheet'] / 1e12:.0f} TFLOP/s, measured 8192^3 matmul {peaks['measured'] / 1e12:.0f} TFLOP/s"
+    )
+    cfg = ModelConfig.from_preset(args.preset, **overrides)
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        weights = tmp
+        SmolLM(cfg).save_pretrained(tmp)  # random init: the same weights for both libraries
+        decode_weights = weights
+        if args.model:
+            decode_weights = os.path.join(tmp, "decode")
+            SmolLM.from_pretrained(args.model).save_pretrained(decode_weights)
+        sections = {
+            "attention": lambda: attention_backends(args.batch, args.seq_len, cfg),
+            "train": lambda: training(args, weights, cfg, peaks),
+            "decode": lambda: decode(args, decode_weights, args.model or "random init"),
+        }
+        for section, fn in sections.items():
+            if section not in only or (section == "attention" and DEVICE.type != "cuda"):
+                continue
+            try:
+                fn()
+            except Exception:  # noqa: BLE001 - one section's failure must not hide the others
+                say(f"section {section} failed:\n{traceback.format_exc()}")
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write("\n".join(LINES) + "\n")
+
+
+if __name__ == "__main__":
+    main()
