@@ -17,11 +17,11 @@ import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import torch  # noqa: E402
+import torch
 
-from smollm.config import DataConfig, ModelConfig  # noqa: E402
-from smollm.data import BlockLoader, cache, prepare, resolve_corpus  # noqa: E402
-from smollm.model import SmolLM  # noqa: E402
+from smollm.config import DataConfig, ModelConfig
+from smollm.data import BlockLoader, prepare, resolve_corpus, tokencache
+from smollm.model import SmolLM
 
 
 def bench_tokenise(cfg: DataConfig) -> None:
@@ -32,12 +32,12 @@ def bench_tokenise(cfg: DataConfig) -> None:
     backend = tok.backend_tokenizer
     backend.encode_batch(docs[:8])  # warm-up
     t = time.perf_counter()
-    for i in range(0, len(docs), cache.BATCH_DOCS):
-        backend.encode_batch(docs[i : i + cache.BATCH_DOCS], add_special_tokens=False)
+    for i in range(0, len(docs), tokencache.BATCH_DOCS):
+        backend.encode_batch(docs[i : i + tokencache.BATCH_DOCS], add_special_tokens=False)
     raw = time.perf_counter() - t
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
-        cache._build(corpus, cfg, tok, __import__("pathlib").Path(tmp) / "c", progress=False)
+        tokencache._build(corpus, cfg, tok, __import__("pathlib").Path(tmp) / "c", progress=False)
         ours = time.perf_counter() - t
     mb = n_bytes / 1e6
     print(f"tokenise {len(docs)} docs, {mb:.1f} MB on {torch.get_num_threads()} threads:")

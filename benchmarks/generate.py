@@ -16,10 +16,10 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-import torch  # noqa: E402
+import torch
 
-from smollm import SmolLM, load_tokenizer  # noqa: E402
-from smollm.assets import packaged_gguf  # noqa: E402
+from smollm import load_pretrained, load_tokenizer
+from smollm.assets import packaged_gguf
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -36,7 +36,7 @@ def copy_bandwidth(n_bytes: int = 512 << 20, repeats: int = 10) -> float:
     return n_bytes / best
 
 
-def time_pair(ours, ref, repeats: int) -> tuple[float, float]:  # noqa: ANN001
+def time_pair(ours, ref, repeats: int) -> tuple[float, float]:
     """Median seconds of each, with the repeats interleaved so drift hits both alike."""
     ours()
     ref()  # warm-up (allocator, MKL/oneDNN kernels)
@@ -73,7 +73,7 @@ def main() -> None:
     )
     for name in args.dtypes.split(","):
         dtype = DTYPES[name]
-        ours = SmolLM.from_pretrained(str(gguf), dtype=dtype)
+        ours = load_pretrained(str(gguf), dtype=dtype)
         ref = AutoModelForCausalLM.from_pretrained(
             gguf.parent, gguf_file=gguf.name, dtype=dtype
         ).eval()

@@ -35,13 +35,13 @@ import traceback
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+import torch
+import torch.nn.functional as F
 
-from smollm import ModelConfig, SmolLM  # noqa: E402
-from smollm.config import TrainConfig, flops_per_token  # noqa: E402
-from smollm.runtime import peak_flops, to_device  # noqa: E402
-from smollm.train import DivergenceWatch, LMLoss, StepPlan, make_optimizer, train_step  # noqa: E402
+from smollm import ModelConfig, SmolLM, load_pretrained, save_pretrained
+from smollm.config import TrainConfig, flops_per_token
+from smollm.runtime import peak_flops, to_device
+from smollm.train import DivergenceWatch, LMLoss, StepPlan, make_optimizer, train_step
 
 GB = 1e9
 LINES: list[str] = []  # everything printed, for --out
@@ -55,7 +55,7 @@ def say(line: str = "") -> None:
 DEVICE = torch.device("cuda")  # --dry-run: cpu, to check the script itself without a GPU
 
 
-def cuda_time(fn, repeats: int, warmup: int = 2) -> float:  # noqa: ANN001
+def cuda_time(fn, repeats: int, warmup: int = 2) -> float:
     """Median seconds of fn() by CUDA events (host clock on the CPU dry run), after warm-up."""
     for _ in range(warmup):
         fn()
@@ -179,7 +179,7 @@ class _null:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, *a) -> None:  # noqa: ANN002
+    def __exit__(self, *a) -> None:
         return None
 
 
@@ -198,11 +198,11 @@ class RandomBlocks:
         return x[:, :-1].contiguous(), x[:, 1:].contiguous()
 
 
-def ours_runner(weights: str, batch: int, seq: int, compile: bool):  # noqa: ANN201
+def ours_runner(weights: str, batch: int, seq: int, compile: bool):
     """smollm's own training step (smollm.train.train_step) on the model loaded from `weights`."""
     device = DEVICE
     tc = TrainConfig(max_steps=1, compile=compile)
-    raw = SmolLM.from_pretrained(weights, device=str(DEVICE)).train()
+    raw = load_pretrained(weights, device=str(DEVICE)).train()
     net = LMLoss(raw)
     net = torch.compile(net, dynamic=False) if compile else net
     opt = make_optimizer(raw, tc, device)
@@ -218,7 +218,7 @@ def ours_runner(weights: str, batch: int, seq: int, compile: bool):  # noqa: ANN
     return step, (raw, opt, net), watch
 
 
-def hf_runner(weights: str, batch: int, seq: int, compile: bool):  # noqa: ANN201
+def hf_runner(weights: str, batch: int, seq: int, compile: bool):
     """LlamaForCausalLM with the same weights and AdamW; torch.compile(model), loss outside."""
     from transformers import AutoModelForCausalLM
 
@@ -248,7 +248,7 @@ def compile_counters() -> str:
     return f"{counters['stats']['unique_graphs']} graph(s) compiled in all, {breaks} graph breaks"
 
 
-def training(args, weights: str, cfg: ModelConfig, peaks: dict[str, float]) -> None:  # noqa: ANN001
+def training(args, weights: str, cfg: ModelConfig, peaks: dict[str, float]) -> None:
     """Build and warm every row (compiling where asked), then time them interleaved."""
     rows = [
         ("transformers, eager", hf_runner, False),
@@ -314,7 +314,7 @@ def training(args, weights: str, cfg: ModelConfig, peaks: dict[str, float]) -> N
         torch.cuda.empty_cache()
 
 
-def profile_step(step) -> None:  # noqa: ANN001
+def profile_step(step) -> None:
     """The heaviest GPU kernels of two compiled steps, by total CUDA time."""
     from torch.profiler import ProfilerActivity, profile
 
@@ -332,11 +332,11 @@ def profile_step(step) -> None:  # noqa: ANN001
 # ---------------------------------------------------------------------------- decode
 
 
-def decode(args, weights: str, label: str) -> None:  # noqa: ANN001
+def decode(args, weights: str, label: str) -> None:
     from transformers import AutoModelForCausalLM
 
     n = args.decode_tokens
-    ours = SmolLM.from_pretrained(weights, dtype=torch.bfloat16, device=str(DEVICE))
+    ours = load_pretrained(weights, dtype=torch.bfloat16, device=str(DEVICE))
     ref = AutoModelForCausalLM.from_pretrained(weights, dtype=torch.bfloat16).to(DEVICE).eval()
     ids = torch.tensor([[1, 504, 2268, 253, 655]], device=DEVICE)  # "Once upon a time"-like prompt
     if args.prompt_ids:
@@ -361,7 +361,7 @@ def decode(args, weights: str, label: str) -> None:  # noqa: ANN001
         try:
             outs[name] = fn()
             sync()
-        except Exception:  # noqa: BLE001 - reported, the other rows go on
+        except Exception:
             say(f"{name}: failed\n{traceback.format_exc()}")
         setup[name] = time.perf_counter() - t
     times = {name: [] for name in outs}
@@ -456,11 +456,11 @@ def main() -> None:
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
         weights = tmp
-        SmolLM(cfg).save_pretrained(tmp)  # random init: the same weights for both libraries
+        save_pretrained(SmolLM(cfg), tmp)  # random init: the same weights for both libraries
         decode_weights = weights
         if args.model:
             decode_weights = os.path.join(tmp, "decode")
-            SmolLM.from_pretrained(args.model).save_pretrained(decode_weights)
+            save_pretrained(load_pretrained(args.model), decode_weights)
         sections = {
             "attention": lambda: attention_backends(args.batch, args.seq_len, cfg),
             "train": lambda: training(args, weights, cfg, peaks),
@@ -471,7 +471,7 @@ def main() -> None:
                 continue
             try:
                 fn()
-            except Exception:  # noqa: BLE001 - one section's failure must not hide the others
+            except Exception:
                 say(f"section {section} failed:\n{traceback.format_exc()}")
     if args.out:
         with open(args.out, "w") as f:

@@ -18,15 +18,16 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+import torch
+import torch.nn.functional as F
 
-from smollm import ModelConfig, SmolLM  # noqa: E402
-from smollm.config import TrainConfig, flops_per_token  # noqa: E402
-from smollm.train import make_optimizer, peak_flops  # noqa: E402
+from smollm import ModelConfig, SmolLM, load_pretrained, save_pretrained
+from smollm.config import TrainConfig, flops_per_token
+from smollm.runtime import peak_flops
+from smollm.train import make_optimizer
 
 
-def step_fn(model, opt, x, y, amp, hf: bool):  # noqa: ANN001, ANN201
+def step_fn(model, opt, x, y, amp, hf: bool):
     def step() -> None:
         with torch.autocast(x.device.type, dtype=amp, enabled=amp is not None):
             logits = model(x).logits if hf else model(x)
@@ -39,7 +40,7 @@ def step_fn(model, opt, x, y, amp, hf: bool):  # noqa: ANN001, ANN201
     return step
 
 
-def timed(step, steps: int, device: torch.device) -> float:  # noqa: ANN001
+def timed(step, steps: int, device: torch.device) -> float:
     step()  # warm-up
     times = []
     for _ in range(steps):
@@ -82,10 +83,10 @@ def main() -> None:
         + (f"{'MFU':>8}" if peak else "")
     )
     with tempfile.TemporaryDirectory() as tmp:
-        SmolLM(cfg).save_pretrained(tmp)
+        save_pretrained(SmolLM(cfg), tmp)
         for name in args.dtypes.split(","):
             amp = {"fp32": None, "bf16": torch.bfloat16}[name]
-            ours = SmolLM.from_pretrained(tmp, device=str(device)).train()
+            ours = load_pretrained(tmp, device=str(device)).train()
             ref = AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32).to(device).train()
             t_ours = timed(
                 step_fn(ours, make_optimizer(ours, tcfg, device), x, y, amp, False),

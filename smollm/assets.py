@@ -1,4 +1,5 @@
-"""Where offline assets live: the packaged SmolLM2 GGUF and the smollm cache directory."""
+"""Where offline assets live: the packaged SmolLM2 GGUF, the ablation and sweep files shipped in the
+package (by name), and the smollm cache directory."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ class AssetError(SmolError):
     """An offline asset is missing; the message says how to install it."""
 
 
-def cache_dir() -> Path:
+def cache_root() -> Path:
     """Root of smollm's caches (tokenised corpora, converted tokenizers): $SMOLLM_CACHE or ~/.cache/smollm."""
     root = Path(os.environ.get("SMOLLM_CACHE", Path.home() / ".cache" / "smollm"))
     root.mkdir(parents=True, exist_ok=True)
@@ -79,3 +80,27 @@ def atomic_dir(target: Path) -> Iterator[Path]:
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+CONFIG_KINDS = {"ablation": "ablations", "sweep": "sweeps"}
+
+
+def shipped_configs(kind: str) -> dict[str, Path]:
+    """The ablation or sweep files that ship inside the package, by name."""
+    folder = Path(__file__).resolve().parent / "configs" / CONFIG_KINDS[kind]
+    return {p.stem: p for p in sorted(folder.glob("*.yaml"))}
+
+
+def config_file(kind: str, name_or_path: str) -> Path:
+    """An ablation/sweep file: a path as given, else a shipped one by name (`smoke`, `default`)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    shipped = shipped_configs(kind)
+    if name_or_path in shipped:
+        return shipped[name_or_path]
+    if path.suffix in (".yaml", ".yml") or "/" in name_or_path:
+        raise AssetError(f"{kind} file {name_or_path!r} not found")
+    raise AssetError(
+        f"no {kind} named {name_or_path!r}; shipped: {', '.join(shipped)} (or give a YAML path)"
+    )

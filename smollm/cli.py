@@ -1,14 +1,16 @@
-"""`smol`: the command line. Every user error is one line on stderr and exit code 2."""
+"""`smol`: the command line, a thin edge over the package. User errors (`SmolError`) are one line
+on stderr and exit code 2; a bug in smollm keeps its traceback; Ctrl-C is one line and exit 130."""
 
 from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from smollm.config import PRESET_ALIASES, PRESETS, SmolError
+from smollm.config import BASES, PRESET_ALIASES, SWITCHES, SmolError
 
 app = typer.Typer(
     help="smollm: a research harness for small Llama-style language models (SmolLM2 family).",
@@ -18,20 +20,7 @@ app = typer.Typer(
 )
 
 
-def parse_overrides(items: list[str]) -> dict[str, object]:
-    """['dim=128', 'bias=true'] -> {'dim': 128, 'bias': True} (values parsed as YAML scalars)."""
-    import yaml
-
-    out: dict[str, object] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise SmolError(f"override {item!r} is not of the form key=value")
-        out[key.strip()] = yaml.safe_load(value)
-    return out
-
-
-def _module_tree(module, name: str = "", depth: int = 0) -> list[str]:  # noqa: ANN001 - nn.Module
+def _module_tree(module, name: str = "", depth: int = 0) -> list[str]:
     """One line per module with its own parameter count; repeated layers shown once with ×N."""
     n_params = sum(p.numel() for p in module.parameters())
     lines = [
@@ -51,7 +40,7 @@ def _module_tree(module, name: str = "", depth: int = 0) -> list[str]:  # noqa: 
 @app.command()
 def inspect(
     preset: Annotated[
-        str, typer.Argument(help=f"One of: {', '.join([*PRESETS, *PRESET_ALIASES])}")
+        str, typer.Argument(help=f"One of: {', '.join([*BASES, *SWITCHES, *PRESET_ALIASES])}")
     ],
     overrides: Annotated[
         list[str] | None, typer.Argument(help="ModelConfig overrides, e.g. dim=128 n_layers=4")
@@ -64,9 +53,10 @@ def inspect(
     import torch
 
     from smollm.config import ModelConfig, flops_per_token
+    from smollm.experiment import parse_override
     from smollm.model import SmolLM
 
-    cfg = ModelConfig.from_preset(preset, **parse_overrides(overrides or []))
+    cfg = ModelConfig.from_preset(preset, **dict(parse_override(o) for o in overrides or []))
     with torch.device("meta"):  # shapes only: nothing is allocated
         model = SmolLM(cfg)
     typer.echo("\n".join(_module_tree(model)))
@@ -77,34 +67,22 @@ def inspect(
     typer.echo(f"FLOPs/token training:     {train_flops:>15,}  (forward + backward)")
 
 
-def _load_model(model: str | None, device: str, dtype: str):  # noqa: ANN202
-    """The model to generate with, on `device` (auto: CUDA when present) in `dtype` (auto: bf16 on
-    CUDA, fp32 on CPU)."""
-    import torch
-
-    from smollm import assets
-    from smollm.model import SmolLM
-    from smollm.runtime import resolve_device
-
-    if dtype not in ("auto", "fp32", "bf16"):
-        raise SmolError(f"--dtype {dtype!r}: choose auto, fp32 or bf16")
-    dev = resolve_device(device, 0)
-    if dtype == "auto":
-        dtype = "bf16" if dev.type == "cuda" else "fp32"
-    torch_dtype = torch.bfloat16 if dtype == "bf16" else torch.float32
-    return SmolLM.from_pretrained(
-        model or str(assets.packaged_gguf()), dtype=torch_dtype, device=str(dev)
-    )
-
-
 DeviceOpt = Annotated[str, typer.Option(help="auto (CUDA when present) | cpu | cuda | cuda:N")]
 DtypeOpt = Annotated[str, typer.Option(help="auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16")]
+ModelOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Run dir, HF model dir, Hub id or .gguf (default: the packaged SmolLM2-135M)"
+    ),
+]
+
+
 CompileOpt = Annotated[
     bool,
     typer.Option(
         "--compile/--no-compile",
         help="CUDA: also torch.compile the graph-captured decode step (faster per token; "
-        "compiling costs about a minute per batch/length bucket)",
+        "about a minute to compile per batch/length bucket)",
     ),
 ]
 
@@ -112,12 +90,7 @@ CompileOpt = Annotated[
 @app.command()
 def generate(
     prompt: Annotated[str, typer.Argument(help="Text to continue")],
-    model: Annotated[
-        str | None,
-        typer.Option(
-            help="Run dir, HF model dir, Hub id or .gguf (default: the packaged SmolLM2-135M)"
-        ),
-    ] = None,
+    model: ModelOpt = None,
     max_new_tokens: Annotated[int, typer.Option(min=1, max=8192)] = 64,
     temperature: Annotated[float, typer.Option(min=0.0, max=10.0, help="0 = greedy")] = 0.8,
     top_k: Annotated[int | None, typer.Option(min=1)] = 50,
@@ -136,15 +109,15 @@ def generate(
     import torch
 
     from smollm.generation import stream
-    from smollm.tokenizer import decode_stream, stop_ids, tokenizer_for
+    from smollm.hf import load_for_generation
+    from smollm.tokenizer import decode_stream, stop_ids
 
-    lm = _load_model(model, device, dtype)
+    lm, tok, _ = load_for_generation(model, device, dtype)
     dev = next(lm.parameters()).device
-    tok = tokenizer_for(model)
     ids = tok(prompt, return_tensors="pt").input_ids.to(dev)
     sys.stdout.write(prompt)
     gen = torch.Generator(dev).manual_seed(seed)
-    t, n = time.perf_counter(), 0
+    start, n = time.perf_counter(), 0
     tokens = stream(lm, ids, max_new_tokens, temperature, top_k, top_p, not no_cache,
                     eos_token_id=stop_ids(tok), generator=gen, compile=compile)  # fmt: skip
     for piece in decode_stream(tok, (int(t[0]) for t in tokens)):
@@ -152,8 +125,8 @@ def generate(
         sys.stdout.flush()
         n += 1
     sys.stdout.write("\n")
-    took = time.perf_counter() - t
-    how = "CUDA graph" + (", compiled" if compile else "") if dev.type == "cuda" else "eager"
+    how = ("CUDA graph" + (", compiled" if compile else "")) if dev.type == "cuda" else "eager"
+    took = time.perf_counter() - start
     typer.echo(
         f"[{n} pieces in {took:.2f} s, {dev.type} {next(lm.parameters()).dtype}, {how}]", err=True
     )
@@ -165,7 +138,7 @@ app.add_typer(data_app, name="data")
 
 def _data_config(
     corpus: str | None, tokenizer: str | None, seq_len: int | None, extra: dict | None = None
-):  # noqa: ANN202
+):
     from smollm.config import DataConfig
 
     fields = {
@@ -247,19 +220,21 @@ def train(
             "--run-dir", help="Run directory (default runs/<config name>); an existing one resumes"
         ),
     ] = None,
+    replace: Annotated[
+        bool, typer.Option("--replace", help="Discard what the run directory holds and start over")
+    ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar")] = False,
 ) -> None:
     """Train one experiment: CONFIG.yaml plus key=value overrides. Re-running resumes."""
-    from pathlib import Path
-
     from smollm.experiment import load_experiment
+    from smollm.rundir import default_run_dir
     from smollm.train import train as run_train
 
     if config is not None and "=" in config:  # only overrides were given
         overrides, config = [config, *(overrides or [])], None
     exp = load_experiment(config, overrides or [])
-    target = Path(run_dir or Path("runs") / (Path(config).stem if config else "default"))
-    summary = run_train(exp, target, progress=not quiet)
+    target = Path(run_dir) if run_dir else default_run_dir(config).path
+    summary = run_train(exp, target, progress=not quiet, replace="always" if replace else "never")
     val = (
         f"val loss {summary['val_loss']:.4f}, {summary['val_bpb']:.4f} bits/byte"
         if summary.get("val_loss") is not None
@@ -274,7 +249,7 @@ def train(
 def overfit(
     preset: Annotated[str, typer.Argument(help="Model preset")] = "full",
     overrides: Annotated[
-        list[str] | None, typer.Argument(help="ModelConfig overrides (default: a CPU-sized model)")
+        list[str] | None, typer.Argument(help="ModelConfig overrides (default: a CPU-sized shape)")
     ] = None,
     steps: Annotated[int, typer.Option(min=1)] = 150,
     lr: Annotated[float, typer.Option(min=0.0)] = 3e-3,
@@ -283,18 +258,15 @@ def overfit(
 ) -> None:
     """Overfit one batch of real text: the loss must fall from ~10.8 to < 0.5."""
     from smollm.config import ModelConfig
+    from smollm.experiment import parse_override
+    from smollm.train import OVERFIT_SHAPE
     from smollm.train import overfit as run_overfit
 
-    full = ModelConfig.from_preset(preset)
-    # CPU size that keeps the preset's attention kind: MHA stays MHA, MQA stays MQA, GQA -> 4/2
-    kv = {full.n_heads: 4, 1: 1}.get(full.n_kv_heads, 2)
-    small = {"dim": 256, "n_layers": 4, "n_heads": 4, "n_kv_heads": kv, "intermediate_size": 640}
-    fields = parse_overrides(overrides) if overrides else small
-    losses = run_overfit(ModelConfig.from_preset(preset, **fields), steps, lr, batch, seq_len)
+    shape = dict(parse_override(o) for o in overrides) if overrides else OVERFIT_SHAPE
+    losses = run_overfit(ModelConfig.from_preset(preset, **shape), steps, lr, batch, seq_len)
     verdict = "ok" if losses[-1] < 0.5 else "NOT memorised"
-    typer.echo(
-        f"overfit one batch ({batch}x{seq_len} tokens, {steps} steps): loss {losses[0]:.2f} -> {losses[-1]:.2f}  [{verdict}]"
-    )
+    typer.echo(f"overfit one batch ({batch}x{seq_len} tokens, {steps} steps): "
+               f"loss {losses[0]:.2f} -> {losses[-1]:.2f}  [{verdict}]")  # fmt: skip
     if losses[-1] >= 0.5:
         raise typer.Exit(1)
 
@@ -304,44 +276,39 @@ def export(
     run_dir: Annotated[str, typer.Argument(help="A smollm run directory")],
     out_dir: Annotated[str, typer.Argument(help="Where to write the HF model")],
 ) -> None:
-    """Write a trained run's model in HF format (variants LlamaForCausalLM can express)."""
-    from pathlib import Path
-
+    """Write a trained run's final model in HF format (variants LlamaForCausalLM can express)."""
     from smollm.checkpoint import load_run_model
+    from smollm.hf import save_pretrained
+    from smollm.rundir import RunDir
 
-    if not (Path(run_dir) / "checkpoints").is_dir():
-        raise SmolError(f"{run_dir}: not a smollm run directory (no checkpoints/)")
-    model = load_run_model(Path(run_dir))
-    model.save_pretrained(out_dir)
-    typer.echo(
-        f"wrote {out_dir} ({model.num_parameters():,} parameters); load it with transformers.AutoModelForCausalLM"
-    )
+    run = RunDir(run_dir)
+    if not run.is_run():
+        raise SmolError(f"{run_dir}: not a smollm run directory (no config.yaml or checkpoints/)")
+    model = load_run_model(run)
+    save_pretrained(model, out_dir)
+    typer.echo(f"wrote {out_dir} ({model.num_parameters():,} parameters); "
+               "load it with transformers.AutoModelForCausalLM")  # fmt: skip
 
 
 run_app = typer.Typer(help="Run a batch of experiments.", no_args_is_help=True)
 app.add_typer(run_app, name="run")
-
-
-def _repo_file(path: str) -> str:
-    """A path as given, else relative to the smollm checkout (so `smol run ablation` works anywhere)."""
-    from pathlib import Path
-
-    if Path(path).exists():
-        return path
-    candidate = Path(__file__).resolve().parent.parent / path
-    return str(candidate) if candidate.exists() else path
+RunsDirOpt = Annotated[str, typer.Option(help="Where run directories go")]
+ResultsDirOpt = Annotated[str, typer.Option(help="Where tables and plots go")]
 
 
 @run_app.command("ablation")
 def run_ablation_cmd(
     config: Annotated[
-        str, typer.Argument(help="Ablation YAML (default: the CPU-sized ladder)")
-    ] = "experiments/default.yaml",
+        str,
+        typer.Argument(
+            help="A shipped ablation's name (default, smoke, smollm2-135m) or a YAML path"
+        ),
+    ] = "default",
     overrides: Annotated[
         list[str] | None, typer.Argument(help="key=value overrides of the base experiment")
     ] = None,
-    runs_dir: Annotated[str, typer.Option(help="Where run directories go")] = "runs",
-    results_dir: Annotated[str, typer.Option(help="Where tables and plots go")] = "results",
+    runs_dir: RunsDirOpt = "runs",
+    results_dir: ResultsDirOpt = "results",
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars")] = False,
     workers: Annotated[
         int,
@@ -352,23 +319,21 @@ def run_ablation_cmd(
 ) -> None:
     """Train every (variant, seed) of an ablation, then rebuild its results tables.
 
-    Finished runs are skipped, interrupted ones resume, a failed run is recorded and the rest go on.
+    Finished runs are skipped, interrupted ones resume, runs of an edited variant start over, a
+    failed run is recorded and the rest go on.
     """
-    from pathlib import Path
-
     from smollm.ablation import load_ablation, run_ablation
+    from smollm.assets import config_file
     from smollm.results import build_results
 
-    ablation = load_ablation(_repo_file(config), overrides or [])
+    ablation = load_ablation(config_file("ablation", config), overrides or [])
     outcomes = run_ablation(ablation, Path(runs_dir), progress=not quiet, workers=workers)
     typer.echo(f"\n{'run':<24}{'status':<10}{'val loss':>10}{'bits/byte':>11}")
     for o in outcomes:
         loss = f"{o['val_loss']:.4f}" if o.get("val_loss") is not None else "—"
         bpb = f"{o['val_bpb']:.4f}" if o.get("val_bpb") is not None else "—"
-        typer.echo(
-            f"{o['run']:<24}{o['status']:<10}{loss:>10}{bpb:>11}"
-            + (f"  {o['error']}" if o.get("error") else "")
-        )
+        error = f"  {o['error']}" if o.get("error") else ""
+        typer.echo(f"{o['run']:<24}{o['status']:<10}{loss:>10}{bpb:>11}{error}")
     out = build_results(ablation.name, Path(runs_dir), Path(results_dir))
     failed = sum(o["status"] != "finished" for o in outcomes)
     typer.echo(
@@ -383,86 +348,91 @@ def results(
     ablation: Annotated[
         str | None, typer.Argument(help="Ablation name (default: every ablation under --runs-dir)")
     ] = None,
-    runs_dir: Annotated[str, typer.Option(help="Where run directories are")] = "runs",
-    results_dir: Annotated[str, typer.Option(help="Where tables and plots go")] = "results",
+    runs_dir: RunsDirOpt = "runs",
+    results_dir: ResultsDirOpt = "results",
 ) -> None:
     """Rebuild results/<ablation>/ (summary.md, summary.csv, loss_curves.png) from run directories."""
-    from pathlib import Path
-
     from smollm.results import build_results
+    from smollm.rundir import ablation_names
 
-    names = (
-        [ablation]
-        if ablation
-        else sorted(p.name for p in Path(runs_dir).glob("*") if (p / "ablation.json").is_file())
-    )
+    names = [ablation] if ablation else ablation_names(Path(runs_dir))
     if not names:
         raise SmolError(f"no ablations under {runs_dir}/; run `smol run ablation` first")
     for name in names:
         typer.echo(f"wrote {build_results(name, Path(runs_dir), Path(results_dir))}")
 
 
-@app.command(context_settings={"help_option_names": ["-h", "--help"]})
-def sweep(
-    target: Annotated[
-        str, typer.Argument(help="Sweep YAML to run, or `show`")
-    ] = "sweeps/default.yaml",
-    rest: Annotated[
-        list[str] | None,
-        typer.Argument(
-            help="key=value overrides of the base experiment; after `show`: the study name"
-        ),
+sweep_app = typer.Typer(
+    help="Optuna sweeps: run one, or show a study's tables.", no_args_is_help=True
+)
+app.add_typer(sweep_app, name="sweep")
+StorageOpt = Annotated[
+    str | None,
+    typer.Option(help="Optuna storage URL (default sqlite:///<runs-dir>/sweeps/<name>/study.db)"),
+]
+
+
+@sweep_app.command("run")
+def sweep_run(
+    config: Annotated[
+        str,
+        typer.Argument(help="A shipped sweep's name (default, smoke, smollm2-135m) or a YAML path"),
+    ] = "default",
+    overrides: Annotated[
+        list[str] | None, typer.Argument(help="key=value overrides of the base experiment")
     ] = None,
-    storage: Annotated[
-        str | None,
-        typer.Option(
-            help="Optuna storage URL (default sqlite:///<runs-dir>/sweeps/<name>/study.db)"
-        ),
-    ] = None,
+    storage: StorageOpt = None,
     workers: Annotated[
         int,
         typer.Option(
-            min=1, max=64, help="Worker processes on this machine (start the command elsewhere too)"
-        ),
+            min=1,
+            max=64,
+            help="Worker processes here (worker i on GPU i mod n); "
+            "start the command on other machines too",
+        ),  # fmt: skip
     ] = 1,
     runs_dir: Annotated[str, typer.Option(help="Where trial run directories go")] = "runs",
-    results_dir: Annotated[
-        str, typer.Option(help="Where `show` writes tables and plots")
-    ] = "results",
+    results_dir: ResultsDirOpt = "results",
 ) -> None:
-    """Optuna over learning rate, batch size, ...: `smol sweep FILE k=v ...` or `smol sweep show NAME`.
+    """Optuna over learning rate, batch size, ...; then the study's tables.
 
     Re-running resumes the study; several workers (or several machines on one --storage database)
     share it. A worker killed mid-trial leaves a trial that is failed by heartbeat and retried.
     """
-    from pathlib import Path
-
     from smollm import sweep as sw
+    from smollm.assets import config_file
+    from smollm.results import write_index, write_sweep_results
 
-    if target == "show":
-        if not rest:
-            raise SmolError("usage: smol sweep show NAME")
-        url = sw.storage_url(rest[0], Path(runs_dir), storage)
-        out = sw.write_sweep_results(rest[0], url, Path(results_dir))
-        from smollm.results import write_index
+    path = str(config_file("sweep", config))
+    name = sw.load_sweep(path, overrides or []).name
+    url = sw.run_sweep(path, overrides or [], Path(runs_dir), storage, workers)
+    out = write_sweep_results(name, url, Path(results_dir))
+    write_index(Path(results_dir))
+    typer.echo(f"study {name!r} in {sw.display_url(url)}; tables and plots: {out}/summary.md")
 
-        write_index(Path(results_dir))
-        typer.echo((out / "summary.md").read_text())
-        typer.echo(f"wrote {out}")
-        return
-    path = _repo_file(target)
-    name = sw.load_sweep(path, rest or []).name
-    url = sw.run_sweep(path, rest or [], Path(runs_dir), storage, workers)
-    out = sw.write_sweep_results(name, url, Path(results_dir))
-    typer.echo(f"study {name!r} in {url}; tables and plots: {out}/summary.md")
+
+@sweep_app.command("show")
+def sweep_show(
+    name: Annotated[str, typer.Argument(help="The study's name")],
+    storage: StorageOpt = None,
+    runs_dir: Annotated[str, typer.Option(help="Where the default SQLite study lives")] = "runs",
+    results_dir: ResultsDirOpt = "results",
+) -> None:
+    """Best parameters, trials, importances and plots of a study, in results/sweeps/NAME/."""
+    from smollm import sweep as sw
+    from smollm.results import write_index, write_sweep_results
+
+    out = write_sweep_results(
+        name, sw.storage_url(name, Path(runs_dir), storage), Path(results_dir)
+    )
+    write_index(Path(results_dir))
+    typer.echo((out / "summary.md").read_text())
+    typer.echo(f"wrote {out}")
 
 
 @app.command()
 def serve(
-    model: Annotated[
-        str | None,
-        typer.Option(help="Run dir, HF dir, Hub id or .gguf (default: the packaged SmolLM2-135M)"),
-    ] = None,
+    model: ModelOpt = None,
     host: Annotated[
         str, typer.Option(help="Interface to bind; 127.0.0.1 keeps it on this machine")
     ] = "127.0.0.1",
@@ -473,23 +443,23 @@ def serve(
     max_concurrent: Annotated[
         int, typer.Option(min=1, max=64, help="Generations at once; more requests queue")
     ] = 2,
+    max_queued: Annotated[
+        int, typer.Option(min=0, max=1024, help="Requests that may wait for a slot; more get 503")
+    ] = 16,
 ) -> None:
     """Serve a web page and a JSON/SSE generation API for a model."""
-    from pathlib import Path
-
     import uvicorn
 
+    from smollm.hf import load_for_generation
     from smollm.serve import create_app
-    from smollm.tokenizer import tokenizer_for
 
-    lm = _load_model(model, device, dtype)
-    name = Path(model).name if model else "SmolLM2-135M-Instruct (Q4_1 GGUF)"
-    app_ = create_app(lm, tokenizer_for(model), name, max_concurrent, compile)
+    lm, tok, name = load_for_generation(model, device, dtype)
+    app_ = create_app(lm, tok, name, max_concurrent, compile, max_queued)
     if next(lm.parameters()).device.type == "cuda":
         typer.echo(
             "capturing the decode step" + (" (compiling, about a minute)" if compile else "")
         )
-        app_.state.generator.warm_up()
+        app_.state.generations.warm_up()
     typer.echo(f"serving {name} on http://{host}:{port}/  (API docs: /docs, schema: /openapi.json)")
     uvicorn.run(app_, host=host, port=port, log_level="warning")
 
@@ -498,16 +468,17 @@ def main() -> None:
     """Console entry point: user errors become one line on stderr and exit code 2."""
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     try:
-        app()
+        code = app(standalone_mode=False)  # so Ctrl-C and our errors reach the handlers below
     except SmolError as e:
         typer.echo(f"error: {e}", err=True)
         sys.exit(2)
-    except (ValueError, FileNotFoundError) as e:
-        typer.echo(f"error: {e}", err=True)
-        sys.exit(2)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, typer.Abort):
         typer.echo("interrupted", err=True)
         sys.exit(130)
+    except typer.TyperException as e:  # usage errors and bad option values (typer's click)
+        e.show()
+        sys.exit(e.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

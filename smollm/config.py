@@ -1,20 +1,23 @@
 """Model configuration: the SmolLM family as data. Pure Python, no torch.
 
-Every architectural difference between v1, v2 and SmolLM2 is one literal field here; presets are
-derived from the SmolLM2-135M baseline with `dataclasses.replace`, so each ablation shows its
-difference in one line.
+Every architectural difference between v1, v2 and SmolLM2 is one literal field here. Presets are
+the SmolLM2 family's shapes plus variants written as the switches they change (`SWITCHES`), so
+each ablation shows its difference in one line and keeps it at any shape. `experiment_diff` is
+the one answer to "is this the same experiment?".
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from typing import Any, Literal
 
 PosEmbedding = Literal["rope", "learned"]
 Norm = Literal["rmsnorm", "layernorm"]
 Mlp = Literal["swiglu", "plain"]
 Activation = Literal["silu", "gelu", "relu"]
+KvSwitch = Literal["mha", "mqa"]
+KV_SWITCHES = ("mha", "mqa")
 
 _CHOICES: dict[str, tuple[str, ...]] = {
     "pos_embedding": ("rope", "learned"),
@@ -32,6 +35,11 @@ class ConfigError(SmolError, ValueError):
     """A configuration that cannot be built; the message names the problem."""
 
 
+class InputError(SmolError, ValueError):
+    """Input a function cannot take (a prompt past the context, a split too small for a block);
+    a ValueError for callers of the API, one line for the CLI."""
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Shape and architectural switches of one model of the family."""
@@ -40,7 +48,7 @@ class ModelConfig:
     dim: int = 576
     n_layers: int = 30
     n_heads: int = 9
-    n_kv_heads: int = 3  # n_heads: MHA, 1: MQA, in between: GQA
+    n_kv_heads: int | KvSwitch = 3  # n_heads: MHA, 1: MQA, in between: GQA; or "mha" / "mqa"
     intermediate_size: int = 1536
     max_seq_len: int = 8192  # context length; also the size of the learned position table
     pos_embedding: PosEmbedding = "rope"
@@ -55,6 +63,9 @@ class ModelConfig:
     init_std: float = 0.02
 
     def __post_init__(self) -> None:
+        if self.n_kv_heads in KV_SWITCHES:  # relative to the shape: resolved to a number here
+            kv = self.n_heads if self.n_kv_heads == "mha" else 1
+            object.__setattr__(self, "n_kv_heads", kv)
         self.validate()
 
     @property
@@ -79,7 +90,8 @@ class ModelConfig:
         ):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"model.{name}={value!r}: must be a positive integer")
+                also = ", mha or mqa" if name == "n_kv_heads" else ""
+                raise ConfigError(f"model.{name}={value!r}: must be a positive integer{also}")
         if self.dim % self.n_heads:
             raise ConfigError(
                 f"model.dim={self.dim} is not divisible by model.n_heads={self.n_heads}"
@@ -98,15 +110,12 @@ class ModelConfig:
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> ModelConfig:
-        """A named preset, with keyword overrides of any field (e.g. dim=128 to shrink it)."""
-        key = PRESET_ALIASES.get(name, name)
-        if key not in PRESETS:
-            valid = ", ".join(sorted([*PRESETS, *PRESET_ALIASES]))
-            raise ConfigError(f"unknown model preset {name!r}; valid presets: {valid}")
-        unknown = set(overrides) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ConfigError(f"unknown ModelConfig field(s): {', '.join(sorted(unknown))}")
-        return replace(PRESETS[key], **overrides)
+        """A named preset with keyword overrides of any field (e.g. dim=128 to shrink it).
+
+        A variant preset (v1, full-mha, ...) keeps its switches over the overrides' shape:
+        `from_preset("full-mha", n_heads=4, n_kv_heads=2)` is still multi-head attention.
+        """
+        return _preset(name, overrides)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -165,31 +174,69 @@ def flops_per_token(cfg: ModelConfig, seq_len: int) -> int:
 
 SMOLLM2_135M = ModelConfig()
 
-PRESETS: dict[str, ModelConfig] = {
+# The SmolLM2 family: base shapes (HF configs of HuggingFaceTB/SmolLM2-*).
+BASES: dict[str, ModelConfig] = {
     "smollm2-135m": SMOLLM2_135M,
-    # The researcher's v2: RMSNorm, SwiGLU, GQA, tying, but learned positions (1024).
-    "v2": replace(SMOLLM2_135M, pos_embedding="learned", max_seq_len=1024),
-    # The researcher's v1: GPT-2-like block at the SmolLM2 shape.
-    "v1": replace(
-        SMOLLM2_135M,
-        pos_embedding="learned",
-        max_seq_len=1024,
-        norm="layernorm",
-        mlp="plain",
-        n_kv_heads=9,
-        bias=True,
-        tie_embeddings=False,
-        dropout=0.1,
+    "smollm2-360m": ModelConfig(
+        dim=960, n_layers=32, n_heads=15, n_kv_heads=5, intermediate_size=2560
     ),
+    "smollm2-1.7b": ModelConfig(
+        dim=2048,
+        n_layers=24,
+        n_heads=32,
+        n_kv_heads=32,
+        intermediate_size=8192,
+        rope_theta=130000.0,
+    ),
+}
+# Variants: the switches each one changes from SmolLM2-135M, applied on top of whatever shape the
+# overrides give. Attention switches are relative (`mha`: n_kv_heads = n_heads, `mqa`: 1), so a
+# variant keeps its one difference when an experiment shrinks the shape.
+SWITCHES: dict[str, dict[str, Any]] = {
+    # The researcher's v2: RMSNorm, SwiGLU, GQA, tying, but learned positions (1024).
+    "v2": {"pos_embedding": "learned", "max_seq_len": 1024},
+    # The researcher's v1: GPT-2-like block at the SmolLM2 shape.
+    "v1": {
+        "pos_embedding": "learned",
+        "max_seq_len": 1024,
+        "norm": "layernorm",
+        "mlp": "plain",
+        "n_kv_heads": "mha",
+        "bias": True,
+        "tie_embeddings": False,
+        "dropout": 0.1,
+    },
     # Single-factor ablations of the full model: each changes exactly one switch.
-    "full-learned-pos": replace(SMOLLM2_135M, pos_embedding="learned"),
-    "full-layernorm": replace(SMOLLM2_135M, norm="layernorm"),
-    "full-plain-mlp": replace(SMOLLM2_135M, mlp="plain"),
-    "full-mha": replace(SMOLLM2_135M, n_kv_heads=9),
-    "full-mqa": replace(SMOLLM2_135M, n_kv_heads=1),
-    "full-untied": replace(SMOLLM2_135M, tie_embeddings=False),
+    "full-learned-pos": {"pos_embedding": "learned"},
+    "full-layernorm": {"norm": "layernorm"},
+    "full-plain-mlp": {"mlp": "plain"},
+    "full-mha": {"n_kv_heads": "mha"},
+    "full-mqa": {"n_kv_heads": "mqa"},
+    "full-untied": {"tie_embeddings": False},
 }
 PRESET_ALIASES: dict[str, str] = {"full": "smollm2-135m"}
+
+
+def _preset(name: str, overrides: dict[str, Any]) -> ModelConfig:
+    """Base shape, then the variant's switches, then the overrides; except that a numeric
+    n_kv_heads (a shape) does not undo an `mha`/`mqa` switch (the variant's difference)."""
+    key = PRESET_ALIASES.get(name, name)
+    if key not in BASES and key not in SWITCHES:
+        valid = ", ".join(sorted([*BASES, *SWITCHES, *PRESET_ALIASES]))
+        raise ConfigError(f"unknown model preset {name!r}; valid presets: {valid}")
+    unknown = set(overrides) - {f.name for f in fields(ModelConfig)}
+    if unknown:
+        raise ConfigError(f"unknown ModelConfig field(s): {', '.join(sorted(unknown))}")
+    switches = SWITCHES.get(key, {})
+    merged = {**BASES.get(key, SMOLLM2_135M).to_dict(), **switches, **overrides}
+    if switches.get("n_kv_heads") in KV_SWITCHES and not isinstance(
+        overrides.get("n_kv_heads"), str
+    ):
+        merged["n_kv_heads"] = switches["n_kv_heads"]
+    return ModelConfig(**merged)
+
+
+PRESETS: dict[str, ModelConfig] = {**BASES, **{name: _preset(name, {}) for name in SWITCHES}}
 
 
 @dataclass(frozen=True)
@@ -318,3 +365,41 @@ class ExperimentConfig:
             tracking=TrackingConfig(**tuples(d["tracking"])),
             preset=d.get("preset", "smollm2-135m"),
         )
+
+
+# ---------------------------------------------------------------------------- experiment identity
+
+IDENTITY_SECTIONS = ("model", "data", "train")  # what makes two runs the same experiment
+
+
+def identity_view(experiment: dict[str, Any]) -> dict[str, Any]:
+    """The part of a resolved experiment (as `to_dict()` or read back from JSON/YAML) that
+    decides what a run computes: model, data and train; not tracking, not the preset's name."""
+    import json
+
+    return json.loads(json.dumps({k: experiment[k] for k in IDENTITY_SECTIONS}, default=list))
+
+
+def experiment_identity(experiment: dict[str, Any]) -> str:
+    """A stable 12-hex-digit identity of a resolved experiment (vocabulary size included)."""
+    import hashlib
+    import json
+
+    blob = json.dumps(identity_view(experiment), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def experiment_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """How two resolved experiments differ, one `section.key: old -> new` per key ([] if the same).
+
+    The one answer to "is this the same experiment?": resume, finished-run detection and the
+    ablation's duplicate guard all ask it.
+    """
+    a, b = identity_view(old), identity_view(new)
+    out = []
+    for section in IDENTITY_SECTIONS:
+        for key in sorted(set(a[section]) | set(b[section])):
+            x, y = a[section].get(key, "<unset>"), b[section].get(key, "<unset>")
+            if x != y:
+                out.append(f"{section}.{key}: {x} -> {y}")
+    return out

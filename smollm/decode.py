@@ -21,7 +21,7 @@ from collections.abc import Iterator
 
 import torch
 
-from smollm.cache import KVCache
+from smollm.kvcache import KVCache
 
 MIN_LENGTH = 256  # shortest cache bucket: short generations share one graph
 
@@ -37,7 +37,7 @@ def bucket(n: int, minimum: int = 1, cap: int | None = None) -> int:
 class StaticDecoder:
     """One cache and one captured decode step for a fixed (batch, length)."""
 
-    def __init__(self, model, batch_size: int, max_len: int, graph: bool, compile: bool) -> None:  # noqa: ANN001
+    def __init__(self, model, batch_size: int, max_len: int, graph: bool, compile: bool) -> None:
         param = next(model.parameters())
         self.model, self.batch_size = model, batch_size
         self.cache = KVCache(model.config, batch_size, max_len, param.dtype, param.device)
@@ -120,7 +120,7 @@ class DecoderPool:
     @contextlib.contextmanager
     def acquire(
         self, model, batch_size: int, length: int, compile: bool = False
-    ) -> Iterator[StaticDecoder]:  # noqa: ANN001
+    ) -> Iterator[StaticDecoder]:
         """A decoder for at least `batch_size` rows and `length` positions, held until the block ends."""
         cap = model.config.max_seq_len
         param = next(model.parameters())
@@ -152,7 +152,7 @@ _POOLS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _POOLS_LOCK = threading.Lock()
 
 
-def pool_for(model) -> DecoderPool:  # noqa: ANN001
+def pool_for(model) -> DecoderPool:
     """The decoder pool of one model (dropped with the model)."""
     with _POOLS_LOCK:
         if model not in _POOLS:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import re
+import types
 import typing
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,8 @@ def schema(cls: type, optional: bool = False) -> type:
         tp = hints[f.name]
         if typing.get_origin(tp) is typing.Literal:
             tp = str
+        elif typing.get_origin(tp) in (typing.Union, types.UnionType):  # n_kv_heads: 4 or "mha"
+            tp = typing.Any
         if typing.get_origin(tp) is tuple:
             tp, default = list[str], dataclasses.field(default_factory=lambda d=f.default: list(d))
         else:
@@ -79,6 +83,44 @@ def config_error(e: OmegaConfBaseException) -> ConfigError:
     return ConfigError(f"{key}: {first}" if key else first)
 
 
+def parse_override(item: str) -> tuple[str, Any]:
+    """'train.lr=3e-4' -> ('train.lr', 0.0003): the value is a YAML scalar or list, except that a
+    value YAML would silently cut or reshape (a ' #' comment, a 'key: value' mapping) stays the
+    literal string, so `data.corpus=/data/c #1` means that path."""
+    import yaml
+
+    key, sep, raw = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"override {item!r} is not of the form key=value")
+    if "#" in raw:
+        return key, raw
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return key, raw
+    if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+        return key, float(value)  # YAML 1.1 reads 3e-4 (no dot) as a string
+    return key, raw if isinstance(value, dict) else value
+
+
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)")
+
+
+def nest(dotted: dict[str, Any]) -> dict[str, Any]:
+    """{'train.lr': 0.004} -> {'train': {'lr': 0.004}}: typed values merge as they are."""
+    out: dict[str, Any] = {}
+    for key, value in dotted.items():
+        *parents, leaf = key.split(".")
+        node = out
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {key!r} conflicts with another override")
+        node[leaf] = value
+    return out
+
+
 def merge(base: Any, sources: list[Any]) -> Any:
     """Merge YAML files (paths), dicts and dotlists (lists of key=value) onto a structured base."""
     try:
@@ -89,10 +131,7 @@ def merge(base: Any, sources: list[Any]) -> Any:
                     raise ConfigError(f"config file {str(src)!r} not found")
                 parts.append(OmegaConf.load(src))
             elif isinstance(src, list):
-                bad = [s for s in src if "=" not in s]
-                if bad:
-                    raise ConfigError(f"override {bad[0]!r} is not of the form key=value")
-                parts.append(OmegaConf.from_dotlist(src))
+                parts.append(OmegaConf.create(nest(dict(parse_override(s) for s in src))))
             else:
                 parts.append(OmegaConf.create(src))
         return OmegaConf.merge(*parts)
@@ -144,4 +183,4 @@ def load_experiment(*sources: Any) -> ExperimentConfig:
     return to_experiment(merge(experiment_schema(), [s for s in sources if s is not None]))
 
 
-__all__ = ["load_experiment", "merge", "read_mapping", "to_experiment"]
+__all__ = ["load_experiment", "merge", "nest", "parse_override", "read_mapping", "to_experiment"]

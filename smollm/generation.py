@@ -9,16 +9,17 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
-from smollm.cache import KVCache
+from smollm.config import InputError
 from smollm.decode import pool_for
+from smollm.kvcache import KVCache
 
 
 def left_pad(
     prompts: Sequence[Sequence[int]], pad_id: int = 0, device="cpu"
-) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: ANN001
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Token lists of different lengths -> (ids, mask), both (B, T_max), padded on the left."""
     if not prompts or any(len(p) == 0 for p in prompts):
-        raise ValueError("every prompt needs at least one token")
+        raise InputError("every prompt needs at least one token")
     width = max(len(p) for p in prompts)
     ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(prompts), width), dtype=torch.long)
@@ -53,25 +54,25 @@ def sample_next(
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
-def _check_args(model, T: int, max_new_tokens: int, temperature: float, top_k, top_p) -> None:  # noqa: ANN001
+def _check_args(model, T: int, max_new_tokens: int, temperature: float, top_k, top_p) -> None:
     if max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        raise InputError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
     if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
+        raise InputError(f"temperature must be >= 0, got {temperature}")
     if top_k is not None and top_k < 1:
-        raise ValueError(f"top_k must be >= 1, got {top_k}")
+        raise InputError(f"top_k must be >= 1, got {top_k}")
     if top_p is not None and not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        raise InputError(f"top_p must be in (0, 1], got {top_p}")
     limit = model.config.max_seq_len
     if T + max_new_tokens > limit:
-        raise ValueError(
+        raise InputError(
             f"prompt ({T} tokens) + max_new_tokens ({max_new_tokens}) exceeds the context length {limit}"
         )
 
 
 @torch.inference_mode()
 def stream(
-    model,  # noqa: ANN001 - a SmolLM
+    model,
     input_ids: torch.Tensor | Sequence[Sequence[int]],
     max_new_tokens: int = 64,
     temperature: float = 0.0,
@@ -103,11 +104,8 @@ def stream(
     if max_new_tokens == 0:
         return
     if graphs and use_cache:
-        padded = attention_mask is not None and not bool(attention_mask.all())
-        with pool_for(model).acquire(model, B, T + max_new_tokens, compile) as decoder:
-            logits = decoder.prefill(input_ids, attention_mask if padded else None)
-            yield from _sample_loop(logits, decoder.step, B, max_new_tokens, temperature, top_k, top_p,
-                                    eos_token_id, pad_token_id, generator)  # fmt: skip
+        yield from _static_stream(model, input_ids, attention_mask, max_new_tokens, compile,
+                                  (temperature, top_k, top_p, eos_token_id, pad_token_id, generator))  # fmt: skip
         return
     total = T + max_new_tokens
     # The mask grows as tokens are generated; with no padding at all it stays None (fast paths).
@@ -139,6 +137,17 @@ def stream(
                             eos_token_id, pad_token_id, generator)  # fmt: skip
 
 
+def _static_stream(
+    model, input_ids, attention_mask, max_new_tokens, compile, sampling
+) -> Iterator[torch.Tensor]:
+    """`stream` through a pooled static-shape decoder (`smollm.decode`): CUDA graphs on a GPU."""
+    B, T = input_ids.shape
+    padded = attention_mask is not None and not bool(attention_mask.all())
+    with pool_for(model).acquire(model, B, T + max_new_tokens, compile) as decoder:
+        logits = decoder.prefill(input_ids, attention_mask if padded else None)
+        yield from _sample_loop(logits, decoder.step, B, max_new_tokens, *sampling)
+
+
 def _sample_loop(
     logits,
     advance,
@@ -150,7 +159,7 @@ def _sample_loop(
     eos_token_id,
     pad_token_id,
     generator,
-) -> Iterator[torch.Tensor]:  # noqa: ANN001
+) -> Iterator[torch.Tensor]:
     """Sample, yield, and feed back until max_new_tokens or every row is done; advance(token) -> logits."""
     device = logits.device
     eos = torch.tensor(
@@ -167,7 +176,7 @@ def _sample_loop(
         logits = advance(token)
 
 
-def generate(model, input_ids, max_new_tokens: int = 64, **kwargs) -> torch.Tensor:  # noqa: ANN001, ANN003
+def generate(model, input_ids, max_new_tokens: int = 64, **kwargs) -> torch.Tensor:
     """Prompt followed by the generated tokens, (B, T + n_generated); see `stream` for the options."""
     if not isinstance(input_ids, torch.Tensor):
         device = next(model.parameters()).device

@@ -1,4 +1,4 @@
-"""Weights in and out: HF Llama directories, Hub ids and GGUF files <-> `SmolLM`.
+"""Weights in and out: HF Llama directories, Hub ids, GGUF files and run directories <-> `SmolLM`.
 
 Llama-shaped variants map key for key onto `LlamaForCausalLM`; GGUF tensors are renamed and
 llama.cpp's q/k row permutation is undone, so the same file gives the same model as
@@ -17,8 +17,12 @@ import numpy as np
 import torch
 
 from smollm import assets
+from smollm.checkpoint import load_run_model
 from smollm.config import ConfigError, ModelConfig, SmolError
 from smollm.model import SmolLM
+from smollm.rundir import RunDir
+from smollm.runtime import resolve_device
+from smollm.tokenizer import model_tokenizer
 
 
 class WeightsError(SmolError):
@@ -117,8 +121,8 @@ def _unpermute(w: np.ndarray, n_heads: int) -> np.ndarray:
     return w.reshape(n_heads, half, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def _gguf_config(reader) -> ModelConfig:  # noqa: ANN001 - gguf.GGUFReader
-    def field(key: str):  # noqa: ANN202
+def _gguf_config(reader) -> ModelConfig:
+    def field(key: str):
         if key not in reader.fields:
             raise WeightsError(f"GGUF file lacks metadata {key!r}")
         return reader.fields[key].contents()
@@ -227,10 +231,8 @@ def load_pretrained(
         cfg, state = read_gguf(path)
     elif path.is_dir() and (path / "config.json").is_file():
         cfg, state = _read_hf_dir(path)
-    elif path.is_dir() and (path / "checkpoints").is_dir():
-        from smollm.checkpoint import load_run_model
-
-        return load_run_model(path, dtype=dtype, device=device)
+    elif path.is_dir() and RunDir(path).is_run():
+        return load_run_model(RunDir(path), dtype=dtype, device=device)
     else:
         raise WeightsError(
             f"{path}: expected a .gguf file, an HF model dir (config.json) or a smollm run dir"
@@ -256,3 +258,20 @@ def save_pretrained(model: SmolLM, out_dir: str | os.PathLike) -> None:
     config["torch_dtype"] = str(next(iter(state.values())).dtype).removeprefix("torch.")
     save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+
+def load_for_generation(src: str | None, device: str = "auto", dtype: str = "auto"):
+    """(model, tokenizer, display name) for `smol generate` and `smol serve`.
+
+    `src`: a run dir, HF dir, Hub id or .gguf (None: the packaged SmolLM2-135M). `device` auto is
+    CUDA when present; `dtype` auto is bf16 on CUDA, fp32 on CPU.
+    """
+    if dtype not in ("auto", "fp32", "bf16"):
+        raise SmolError(f"--dtype {dtype!r}: choose auto, fp32 or bf16")
+    dev = resolve_device(device, 0)
+    if dtype == "auto":
+        dtype = "bf16" if dev.type == "cuda" else "fp32"
+    torch_dtype = torch.bfloat16 if dtype == "bf16" else torch.float32
+    model = load_pretrained(src or str(assets.packaged_gguf()), dtype=torch_dtype, device=str(dev))
+    name = Path(src).name if src else "SmolLM2-135M-Instruct (Q4_1 GGUF)"
+    return model, model_tokenizer(src), name

@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from smollm import generation
-from smollm.cache import KVCache, LayerCache
-from smollm.config import ModelConfig
+from smollm.config import InputError, ModelConfig
+from smollm.kvcache import KVCache, LayerCache
 
 
 class Linear(nn.Linear):
@@ -131,7 +131,7 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("cos", emb.cos(), persistent=False)
         self.register_buffer("sin", emb.sin(), persistent=False)
 
-    def _apply(self, fn, recurse=True):  # noqa: ANN001 - torch's signature
+    def _apply(self, fn, recurse=True):
         # .to(dtype) would round the tables to bf16; rebuild them in fp32 on the new device instead.
         super()._apply(fn, recurse)
         self._build(self.cos.device)
@@ -206,7 +206,7 @@ class DecoderLayer(nn.Module):
         self.mlp = MLPS[cfg.mlp](cfg)
         self.resid_dropout = _dropout(cfg.dropout)
 
-    def forward(self, x, rope, mask, cache):  # noqa: ANN001 - see Attention.forward
+    def forward(self, x, rope, mask, cache):
         # No per-layer Python state reaches the forward (no layer index): torch.compile traces one
         # layer body that every layer shares, so nothing specialises and nothing recompiles.
         x = x + self.resid_dropout(self.self_attn(self.input_layernorm(x), rope, mask, cache))
@@ -227,7 +227,7 @@ class Backbone(nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.n_layers))
         self.norm = NORMS[cfg.norm](cfg.dim, cfg.norm_eps)
 
-    def forward(self, input_ids, position_ids, mask, cache):  # noqa: ANN001 - see SmolLM.forward
+    def forward(self, input_ids, position_ids, mask, cache):
         x = self.embed_tokens(input_ids)
         rope = None
         if hasattr(self, "embed_positions"):
@@ -279,7 +279,7 @@ class SmolLM(nn.Module):
         B, T = input_ids.shape
         start = cache.length if cache is not None else 0
         if start + T > self.config.max_seq_len:
-            raise ValueError(
+            raise InputError(
                 f"sequence length {start + T} exceeds the context length {self.config.max_seq_len}"
             )
         if position_ids is None:
@@ -317,27 +317,14 @@ class SmolLM(nn.Module):
             total -= sum(p.numel() for p in embeds)
         return total
 
-    def generate(self, input_ids, **kwargs) -> torch.Tensor:  # noqa: ANN001 - see generation.generate
+    def generate(self, input_ids, **kwargs) -> torch.Tensor:
         """Continue `input_ids` (a tensor or a list of token lists); see `smollm.generation.generate`."""
         return generation.generate(self, input_ids, **kwargs)
-
-    @classmethod
-    def from_pretrained(cls, src: str, **kwargs) -> SmolLM:  # noqa: ANN003
-        """Load an HF model dir, a Hub id, a .gguf file or a smollm run dir (see `smollm.hf`)."""
-        from smollm import hf  # hf sits above model in the import order
-
-        return hf.load_pretrained(src, **kwargs)
-
-    def save_pretrained(self, out_dir: str) -> None:
-        """Write config.json + model.safetensors that `transformers` loads as LlamaForCausalLM."""
-        from smollm import hf
-
-        hf.save_pretrained(self, out_dir)
 
 
 def positions_from_mask(
     attention_mask: torch.Tensor | None, start: int, T: int, device
-) -> torch.Tensor:  # noqa: ANN001
+) -> torch.Tensor:
     """Position of each new token: its index among the real (non-pad) tokens of its row."""
     if attention_mask is None:
         return torch.arange(start, start + T, device=device).unsqueeze(0)
@@ -347,7 +334,7 @@ def positions_from_mask(
 
 def build_mask(
     attention_mask: torch.Tensor | None, start: int, T: int, device
-) -> torch.Tensor | None:  # noqa: ANN001
+) -> torch.Tensor | None:
     """Boolean (B, 1, T, S) mask for SDPA, or None when plain causal attention is exact."""
     if attention_mask is None:
         if start == 0 or T == 1:

@@ -1,58 +1,66 @@
-"""`smol results`: rebuild results/<ablation>/ from run directories alone (byte-identical on rebuild).
+"""Result tables, rebuilt from run directories and studies alone (byte-identical on rebuild).
 
-summary.csv / summary.md: per variant, mean ± 95% CI over seeds of the final validation loss and
-bits per byte, and the paired difference from the baseline (paired by seed). loss_curves.png:
-validation loss against tokens, mean line and min-max band over seeds.
+Ablations (`smol results`): results/<ablation>/summary.csv and summary.md, per variant the mean ±
+95% CI over seeds of the final validation loss and bits per byte and the paired difference from
+the baseline (paired by seed); loss_curves.png, validation loss against tokens (mean line, min-max
+band over seeds). Sweeps (`smol sweep show`): results/sweeps/<name>/ with the trials, importances
+and Optuna's plots. Both go through the same CSV, provenance and figure writers below.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import statistics
 from pathlib import Path
 from typing import Any
 
-from smollm.tracking import code_versions, read_jsonl
-
-# Two-sided 95% Student-t quantiles by degrees of freedom (1.96 beyond 30).
-T95 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
-       2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042]  # fmt: skip
+from smollm.config import SmolError
+from smollm.rundir import AblationDir, RunDir, RunDirError, code_versions, read_json
 
 
 def mean_ci(values: list[float]) -> tuple[float, float | None]:
-    """Mean and half-width of the 95% t interval (None with one value)."""
+    """Mean and half-width of the 95% Student-t interval (None with one value)."""
+    from scipy import stats
+
     if not values:
         return math.nan, None
     m = statistics.fmean(values)
     if len(values) < 2:
         return m, None
-    t = T95[len(values) - 2] if len(values) - 1 <= len(T95) else 1.96
+    t = float(stats.t.ppf(0.975, len(values) - 1))
     return m, t * statistics.stdev(values) / math.sqrt(len(values))
 
 
-def load_runs(root: Path) -> dict[str, dict[int, dict[str, Any]]]:
+def _run_record(run: RunDir) -> dict[str, Any]:
+    """A run's summary and validation curve; a missing or unreadable run says so, never crashes."""
+    try:
+        summary = run.read_summary() or {"status": "missing"}
+        curve = [(r["tokens"], r["val/loss"]) for r in run.rows("metrics") if "val/loss" in r]
+    except (RunDirError, KeyError) as e:
+        return {"summary": {"status": "unreadable", "error": str(e)}, "curve": []}
+    needed = ("val_loss", "val_bpb", "tokens")
+    if summary["status"] == "finished" and not all(
+        isinstance(summary.get(k), (int, float)) for k in needed
+    ):
+        summary = {
+            "status": "unreadable",
+            "error": f"{run.summary_path}: lacks {', '.join(needed)}",
+        }
+    return {"summary": summary, "curve": curve}
+
+
+def load_runs(root: AblationDir) -> dict[str, dict[int, dict[str, Any]]]:
     """variant -> seed -> {summary, curve}, from runs/<ablation>/<variant>-s<seed>/."""
-    ablation = json.loads((root / "ablation.json").read_text())
+    ablation = root.read_spec()
     runs: dict[str, dict[int, dict[str, Any]]] = {}
     for spec in ablation["variants"]:
         name = spec if isinstance(spec, str) else spec.get("name", spec["preset"])
-        runs[name] = {}
-        for seed in ablation.get("seeds") or [0]:
-            d = root / f"{name}-s{seed}"
-            summary = (
-                json.loads((d / "summary.json").read_text())
-                if (d / "summary.json").is_file()
-                else {"status": "missing"}
-            )
-            curve = [
-                (r["tokens"], r["val/loss"])
-                for r in read_jsonl(d / "metrics.jsonl")
-                if "val/loss" in r
-            ]
-            runs[name][int(seed)] = {"summary": summary, "curve": curve}
+        runs[name] = {
+            int(seed): _run_record(root.run(name, int(seed)))
+            for seed in ablation.get("seeds") or [0]
+        }
     return runs
 
 
@@ -88,17 +96,16 @@ def summary_rows(runs: dict[str, dict[int, dict[str, Any]]], baseline: str) -> l
     return rows
 
 
-def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
+def write_csv(rows: list[dict[str, Any]], path: Path, digits: int | None = 6) -> None:
+    """Rows as CSV, None empty; floats with `digits` decimals (None: as Python prints them)."""
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else [], lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow(
-            {
-                k: (f"{v:.6f}" if isinstance(v, float) else ("" if v is None else v))
-                for k, v in row.items()
-            }
-        )
+        writer.writerow({
+            k: (f"{v:.{digits}f}" if isinstance(v, float) and digits is not None else ("" if v is None else v))
+            for k, v in row.items()
+        })  # fmt: skip
     path.write_text(buf.getvalue())
 
 
@@ -138,12 +145,24 @@ def write_markdown(
     path.write_text("\n".join(lines))
 
 
-def plot_curves(runs: dict[str, dict[int, dict[str, Any]]], path: Path, title: str) -> None:
+def pyplot():
+    """matplotlib.pyplot on the non-interactive backend."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def save_figure(fig, path: Path, **kwargs: Any) -> None:
+    """PNG without a timestamp or software tag, so a rebuild gives the same bytes."""
+    fig.savefig(path, metadata={"Software": None}, **kwargs)
+    pyplot().close(fig)
+
+
+def plot_curves(runs: dict[str, dict[int, dict[str, Any]]], path: Path, title: str) -> None:
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
     for name, seeds in runs.items():
         curves = [r["curve"] for r in seeds.values() if r["curve"]]
@@ -166,39 +185,38 @@ def plot_curves(runs: dict[str, dict[int, dict[str, Any]]], path: Path, title: s
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, metadata={"Software": None})
-    plt.close(fig)
+    save_figure(fig, path)
 
 
-def provenance(root: Path) -> str:
-    prov = (
-        json.loads((root / "provenance.json").read_text())
-        if (root / "provenance.json").is_file()
-        else {}
-    )
-    m = prov.get("machine", {})
+def machine_line(m: dict[str, Any]) -> str:
+    """'CPU: AMD EPYC (2 threads, torch 2.13.0+cpu)' from a `runtime.machine()` record."""
+    return f"{m.get('device', '?')} ({m.get('threads', '?')} threads, torch {m.get('torch', '?')})"
+
+
+def provenance(root: AblationDir) -> str:
+    prov = read_json(root.provenance) if root.provenance.is_file() else {}
     return (
-        f"Produced by `{prov.get('command', 'smol run ablation')}` starting {prov.get('started', '?')} on {m.get('device', '?')} "
-        f"({m.get('threads', '?')} threads, torch {m.get('torch', '?')}), code at git {code_versions(root.iterdir())}; "
+        f"Produced by `{prov.get('command', 'smol run ablation')}` starting {prov.get('started', '?')} on {machine_line(prov.get('machine', {}))}, "
+        f"code at git {code_versions(root.path.iterdir())}; "
         f"tables rebuilt from the run directories in `runs/{root.name}/` by `smol results {root.name}`."
     )
 
 
 def build_results(ablation: str, runs_root: Path, out_root: Path) -> Path:
     """Write results/<ablation>/{summary.md, summary.csv, loss_curves.png} and the index."""
-    from smollm.config import SmolError
-
-    root = runs_root / ablation
-    if not (root / "ablation.json").is_file():
-        raise SmolError(f"no ablation runs in {root}; run `smol run ablation` first")
-    spec = json.loads((root / "ablation.json").read_text())
+    root = AblationDir(runs_root, ablation)
+    if not root.exists():
+        raise SmolError(f"no ablation runs in {root.path}; run `smol run ablation` first")
+    spec = root.read_spec()
     runs = load_runs(root)
     baseline = str(spec.get("baseline") or next(iter(runs)))
     rows = summary_rows(runs, baseline)
     out = out_root / ablation
     out.mkdir(parents=True, exist_ok=True)
-    ref_path = root / "reference" / "summary.json"
-    reference = json.loads(ref_path.read_text()) if ref_path.is_file() else None
+    try:
+        reference = root.reference.read_summary()
+    except RunDirError:
+        reference = None
     write_csv(rows, out / "summary.csv")
     meta = {
         "name": ablation,
@@ -234,3 +252,91 @@ def write_index(out_root: Path) -> None:
                 f"- [sweeps/{d.name}](sweeps/{d.name}/summary.md): Optuna study `{d.name}`"
             )
     (out_root / "README.md").write_text("\n".join(lines) + "\n")
+
+
+# ---------------------------------------------------------------------------- sweeps
+
+
+def _sweep_provenance(study, url: str, name: str) -> str:
+    """Where and with which code the trials ran (from their run directories)."""
+    from smollm.runtime import machine
+    from smollm.sweep import display_url
+
+    versions = code_versions(
+        Path(t.user_attrs["run_dir"]) for t in study.trials if t.user_attrs.get("run_dir")
+    )
+    return (
+        f"**Provenance.** Optuna study `{name}` in `{display_url(url)}`, trials run by `smol sweep` on "
+        f"{machine_line(machine())}, code at git {versions}; rebuilt by `smol sweep show {name}`."
+    )
+
+
+def write_sweep_results(name: str, url: str, out_root: Path) -> Path:
+    """results/sweeps/<name>/: summary.md, trials.csv, importances and Optuna's plots."""
+    import warnings
+
+    import optuna
+    from optuna.trial import TrialState
+
+    from smollm.sweep import load_study
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    study = load_study(name, url)
+    out = out_root / "sweeps" / name
+    out.mkdir(parents=True, exist_ok=True)
+    keys = sorted({k for t in study.trials for k in t.params})
+    rows = [
+        {"trial": t.number, "state": t.state.name, "value": t.value, **{k: t.params.get(k) for k in keys},
+         "last_step": t.last_step, "run_dir": t.user_attrs.get("run_dir", "")}
+        for t in study.trials
+    ]  # fmt: skip
+    write_csv(rows, out / "trials.csv", digits=None)
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    lines = [f"# Sweep `{name}`", "", _sweep_provenance(study, url, name), ""]
+    counts = {s.name: sum(t.state == s for t in study.trials) for s in TrialState}
+    lines.append("Trials: " + ", ".join(f"{v} {k.lower()}" for k, v in counts.items() if v) + ".")
+    if complete:
+        best = study.best_trial
+        lines += ["", f"**Best** (trial {best.number}, objective {best.value:.4f}): "
+                  + ", ".join(f"`{k}={v}`" for k, v in best.params.items())]  # fmt: skip
+    if len(complete) >= 2 and len(keys) >= 2:
+        importances = optuna.importance.get_param_importances(study)
+        lines += ["", "| parameter | importance (fANOVA) |", "|---|---:|",
+                  *[f"| {k} | {v:.3f} |" for k, v in importances.items()]]  # fmt: skip
+    lines += ["", "| trial | state | objective | " + " | ".join(keys) + " |",
+              "|---|---|---:|" + "---:|" * len(keys)]  # fmt: skip
+    for r in rows:
+        value = f"{r['value']:.4f}" if r["value"] is not None else "—"
+        lines.append(
+            f"| {r['trial']} | {r['state'].lower()} | {value} | "
+            + " | ".join(str(r[k]) for k in keys)
+            + " |"
+        )
+    if complete:
+        lines += [
+            line
+            for f in _sweep_plots(study, len(keys), len(complete), out)
+            for line in ("", f"![{f}]({f})")
+        ]
+    (out / "summary.md").write_text("\n".join(lines) + "\n")
+    return out
+
+
+def _sweep_plots(study, n_params: int, n_complete: int, out: Path) -> list[str]:
+    """Optuna's plots of the study as PNGs; their file names."""
+    import optuna.visualization.matplotlib as vis
+
+    plt = pyplot()
+    plots = {"optimization_history.png": vis.plot_optimization_history, "slice.png": vis.plot_slice}
+    if n_params >= 2:
+        plots["contour.png"] = vis.plot_contour
+    if n_complete >= 2 and n_params >= 2:
+        plots["importances.png"] = vis.plot_param_importances
+    for filename, plot in plots.items():
+        plot(study)
+        fig = plt.gcf()
+        fig.set_size_inches(8, 5)
+        save_figure(fig, out / filename, dpi=100, bbox_inches="tight")
+        plt.close("all")
+    return list(plots)

@@ -4,9 +4,11 @@ throughput meter (tokens/s, MFU, peak memory). The training loop asks; it does n
 from __future__ import annotations
 
 import os
+import platform
 import resource
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -118,6 +120,32 @@ class Throughput:
         self.t = time.perf_counter()
 
 
+def machine() -> dict[str, Any]:
+    """What the runs ran on, for the provenance line of the tables."""
+    info = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }
+    if torch.cuda.is_available():
+        info["device"] = torch.cuda.get_device_name()
+    else:
+        cpu = (
+            next(
+                (
+                    line.split(":", 1)[1].strip()
+                    for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.startswith("model name")
+                ),
+                platform.processor(),
+            )
+            if Path("/proc/cpuinfo").is_file()
+            else platform.processor()
+        )
+        info["device"] = f"CPU: {cpu}"
+    return info
+
+
 # ---------------------------------------------------------------------------- worker processes
 
 
@@ -134,7 +162,7 @@ def worker_gpu(i: int, gpus: list[str]) -> str | None:
     return gpus[i % len(gpus)] if gpus else None
 
 
-def start_workers(target, args: list[tuple], gpus: list[str] | None = None) -> list:  # noqa: ANN001
+def start_workers(target, args: list[tuple], gpus: list[str] | None = None) -> list:
     """One spawned process per `args` tuple; worker i sees only GPU i mod n (CUDA_VISIBLE_DEVICES,
     set before its start, so it is `cuda:0` there and no two workers share a device by accident)."""
     import multiprocessing as mp

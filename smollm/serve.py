@@ -2,12 +2,17 @@
 
 POST /generate takes JSON and returns the whole text, or streams tokens as server-sent events
 when `stream` is true. Every request generates with its own KV cache (no shared state between
-requests); at most `max_concurrent` generate at once, the rest wait their turn. A client that
-disconnects stops its generation. GET / is the page; GET /info describes the model.
+requests); at most `max_concurrent` generate at once, at most `max_queued` wait for a turn (more
+get 503 with Retry-After). A client that disconnects stops its generation and frees its place at
+once, in both modes. A body over 64 KB is refused however it is sent (Content-Length or chunked),
+validation errors name the field without echoing the input, and a prompt that does not fit the
+context with its max_new_tokens is a 422 that says the limit. GET / is the page; GET /info
+describes the model.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 from collections.abc import AsyncIterator, Iterator
@@ -15,6 +20,7 @@ from pathlib import Path
 
 import torch
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
@@ -39,70 +45,148 @@ class GenerateRequest(BaseModel):
     stream: bool = False
 
 
-class Generator:
-    """Runs one request's generation; token by token, each with its own cache and RNG."""
+class Busy(Exception):
+    """Every generation slot is taken and the waiting line is full."""
 
-    def __init__(self, model, tokenizer, max_concurrent: int = 2, compile: bool = False) -> None:  # noqa: ANN001
+
+class Generations:
+    """Runs requests' generations, token by token, each with its own cache and RNG; holds the
+    slots (at most `max_concurrent` at once) and the bounded line of requests waiting for one."""
+
+    def __init__(self, model, tokenizer, max_concurrent: int = 2, compile: bool = False,
+                 max_queued: int = 16) -> None:  # fmt: skip
         self.model, self.tokenizer, self.compile = model, tokenizer, compile
         self.device = next(model.parameters()).device
         self.slots = threading.BoundedSemaphore(max_concurrent)
+        self.capacity = max_concurrent + max_queued  # generating + waiting
+        self.admitted = 0
+        self._count = threading.Lock()
         self.eos = stop_ids(tokenizer)
 
     def warm_up(self) -> None:
         """Capture (and compile) the decode step of the shortest bucket before the first request."""
-        for _ in self.pieces(GenerateRequest(prompt="Hello", max_new_tokens=2, temperature=0.0)):
+        for _ in self.pieces(
+            self.encode(GenerateRequest(prompt="Hello", max_new_tokens=2)), 2, 0.0
+        ):
             pass
 
-    def pieces(self, req: GenerateRequest, cancel: threading.Event | None = None) -> Iterator[str]:
-        """Text pieces as they are generated (held back while a UTF-8 character is incomplete)."""
-        ids = self.tokenizer(req.prompt, return_tensors="pt").input_ids[
-            :, -(self.model.config.max_seq_len - req.max_new_tokens) :
-        ]
-        gen = torch.Generator(self.device).manual_seed(req.seed) if req.seed is not None else None
-        with self.slots:  # a queue: at most max_concurrent generations run at once
-            tokens = stream(
-                self.model,
-                ids,
-                req.max_new_tokens,
-                req.temperature,
-                req.top_k,
-                req.top_p,
-                eos_token_id=self.eos,
-                generator=gen,
-                compile=self.compile,
+    def encode(self, req: GenerateRequest) -> torch.Tensor:
+        """The prompt's ids; a prompt that does not fit the context with its new tokens is a 422."""
+        ids = self.tokenizer(req.prompt, return_tensors="pt").input_ids
+        limit = self.model.config.max_seq_len
+        if ids.shape[1] + req.max_new_tokens > limit:
+            raise PromptTooLong(
+                f"prompt is {ids.shape[1]} tokens; with max_new_tokens={req.max_new_tokens} it "
+                f"exceeds the model's context of {limit} tokens"
             )
+        return ids
 
-            def until_stop() -> Iterator[int]:
-                for t in tokens:
-                    if int(t[0]) in self.eos or (cancel is not None and cancel.is_set()):
-                        return
-                    yield int(t[0])
+    def admit(self) -> None:
+        """Take a place (generating or waiting); Busy when every place is taken. `leave` after."""
+        with self._count:
+            if self.admitted >= self.capacity:
+                raise Busy
+            self.admitted += 1
 
-            yield from decode_stream(self.tokenizer, until_stop())
+    def leave(self) -> None:
+        with self._count:
+            self.admitted -= 1
+
+    async def take_slot(self, request: Request) -> bool:
+        """Wait for a generation slot without blocking the server; False if the client left."""
+        while not self.slots.acquire(blocking=False):
+            if await request.is_disconnected():
+                return False
+            await asyncio.sleep(0.02)
+        return True
+
+    def pieces(self, ids: torch.Tensor, max_new_tokens: int, temperature: float, top_k=None,
+               top_p=None, seed=None, cancel: threading.Event | None = None) -> Iterator[str]:  # fmt: skip
+        """Text pieces as they are generated (held back while a UTF-8 character is incomplete)."""
+        cancel = cancel or threading.Event()
+        gen = torch.Generator(self.device).manual_seed(seed) if seed is not None else None
+        tokens = stream(self.model, ids, max_new_tokens, temperature, top_k, top_p,
+                        eos_token_id=self.eos, generator=gen, compile=self.compile)  # fmt: skip
+
+        def until_stop() -> Iterator[int]:
+            for t in tokens:
+                if int(t[0]) in self.eos or cancel.is_set():
+                    return
+                yield int(t[0])
+
+        yield from decode_stream(self.tokenizer, until_stop())
+
+    def for_request(self, req: GenerateRequest, cancel: threading.Event) -> Iterator[str]:
+        ids = self.encode(req)
+        return self.pieces(ids, req.max_new_tokens, req.temperature, req.top_k, req.top_p,
+                           req.seed, cancel)  # fmt: skip
 
 
-def create_app(
-    model, tokenizer, name: str, max_concurrent: int = 2, compile: bool = False
-) -> FastAPI:  # noqa: ANN001
+class PromptTooLong(ValueError):
+    """The prompt plus max_new_tokens exceeds the model's context."""
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over `limit` bytes is a 413, whether it announces its length
+    or arrives chunked; the body is read (up to the limit) before the app sees it."""
+
+    def __init__(self, app, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            return await self._too_large(scope, receive, send)
+        body, more = b"", True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > self.limit:
+                return await self._too_large(scope, receive, send)
+        replayed = False
+
+        async def replay() -> dict:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()  # after the body: the disconnect, when it comes
+
+        return await self.app(scope, replay, send)
+
+    async def _too_large(self, scope, receive, send) -> None:
+        response = JSONResponse(
+            {"detail": f"request body over {self.limit} bytes"}, status_code=413
+        )
+        await response(scope, receive, send)
+
+
+def create_app(model, tokenizer, name: str, max_concurrent: int = 2, compile: bool = False,
+               max_queued: int = 16) -> FastAPI:  # fmt: skip
     """The FastAPI app serving `model` (already on its device, in eval mode); on CUDA each
     generation decodes through a captured CUDA graph (`compile`: a compiled one)."""
     app = FastAPI(title="smollm", description=f"Text generation with {name}", version="1")
-    gen = Generator(model, tokenizer, max_concurrent, compile)
-    app.state.generator = gen
+    gen = Generations(model, tokenizer, max_concurrent, compile, max_queued)
+    app.state.generations = gen
     info = {
         "model": name,
         "parameters": model.num_parameters(),
         "context": model.config.max_seq_len,
     }
+    app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
 
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next):  # noqa: ANN001, ANN202
-        size = request.headers.get("content-length")
-        if size is not None and int(size) > MAX_BODY_BYTES:
-            return JSONResponse(
-                {"detail": f"request body over {MAX_BODY_BYTES} bytes"}, status_code=413
-            )
-        return await call_next(request)
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's default reply echoes each offending input back (a whole body, possibly):
+        # only where and what.
+        errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+                  for e in exc.errors()]  # fmt: skip
+        return JSONResponse({"detail": errors}, status_code=422)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page() -> str:
@@ -118,35 +202,74 @@ def create_app(
         return info
 
     @app.post("/generate")
-    async def generate(req: GenerateRequest, request: Request):  # noqa: ANN202
+    async def generate(req: GenerateRequest, request: Request):
         """Continue `prompt`; with `stream`, server-sent events `{"text": piece}` then `event: done`."""
-        if not req.stream:
-            text = await run_in_threadpool(lambda: "".join(gen.pieces(req)))
-            return {"text": text, "model": name}
         cancel = threading.Event()
-        events = _events(gen.pieces(req, cancel), cancel, request)
-        return StreamingResponse(
-            events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
-        )
+        try:
+            pieces = gen.for_request(req, cancel)
+        except PromptTooLong as e:
+            return JSONResponse({"detail": [{"loc": ["body", "prompt"], "msg": str(e),
+                                             "type": "prompt_too_long"}]}, status_code=422)  # fmt: skip
+        try:
+            gen.admit()
+        except Busy:
+            return JSONResponse({"detail": "every generation slot is busy and the waiting line is full"},
+                                status_code=503, headers={"Retry-After": "5"})  # fmt: skip
+        if req.stream:
+            events = _events(gen, pieces, cancel, request)
+            return StreamingResponse(
+                events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+            )
+        text = await _whole_text(gen, pieces, cancel, request)
+        if text is None:
+            return JSONResponse({"detail": "client gone"}, status_code=499)
+        return {"text": text, "model": name}
 
     return app
 
 
+async def _whole_text(
+    gen: Generations, pieces: Iterator[str], cancel: threading.Event, request: Request
+) -> str | None:
+    """The whole generation as one string; None if the client left before it had a slot. A client
+    that leaves while it generates stops it at the next token."""
+    try:
+        if not await gen.take_slot(request):
+            return None
+        try:
+            job = asyncio.ensure_future(run_in_threadpool(lambda: "".join(pieces)))
+            while not job.done():
+                await asyncio.wait({job}, timeout=0.1)
+                if not job.done() and await request.is_disconnected():
+                    cancel.set()
+            return await job
+        finally:
+            cancel.set()
+            gen.slots.release()
+    finally:
+        gen.leave()
+
+
 async def _events(
-    pieces: Iterator[str], cancel: threading.Event, request: Request
+    gen: Generations, pieces: Iterator[str], cancel: threading.Event, request: Request
 ) -> AsyncIterator[str]:
     """SSE frames from a blocking iterator; stops generating as soon as the client goes away."""
     sentinel = object()
     n = 0
+    slot = False
     try:
-        while True:
+        slot = await gen.take_slot(request)
+        while slot:
             if await request.is_disconnected():
                 return
             piece = await run_in_threadpool(next, pieces, sentinel)
             if piece is sentinel:
-                break
+                yield f"event: done\ndata: {json.dumps({'pieces': n})}\n\n"
+                return
             n += 1
             yield f"data: {json.dumps({'text': piece})}\n\n"
-        yield f"event: done\ndata: {json.dumps({'pieces': n})}\n\n"
     finally:
         cancel.set()  # the generation loop stops at its next token, on disconnect too
+        if slot:
+            gen.slots.release()
+        gen.leave()

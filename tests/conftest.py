@@ -8,10 +8,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
-from smollm.config import ModelConfig  # noqa: E402
+from smollm.config import ModelConfig
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -45,9 +45,9 @@ def gguf_path():
 
 @pytest.fixture(scope="session")
 def real_model(gguf_path):
-    from smollm import SmolLM
+    from smollm import load_pretrained
 
-    return SmolLM.from_pretrained(str(gguf_path))
+    return load_pretrained(str(gguf_path))
 
 
 @pytest.fixture(scope="session")

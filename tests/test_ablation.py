@@ -1,4 +1,5 @@
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -8,14 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from smollm.ablation import load_ablation, run_ablation
+from smollm.ablation import Variant, load_ablation, run_ablation
 from smollm.config import ConfigError
 from smollm.results import build_results, mean_ci
 
 from .conftest import smol
 
 ROOT = Path(__file__).resolve().parent.parent
-SMOKE = ROOT / "experiments" / "smoke.yaml"
+SMOKE = ROOT / "smollm" / "configs" / "ablations" / "smoke.yaml"
 
 
 def run_smoke(cwd: Path, runs: str = "runs", results: str = "results"):
@@ -136,7 +137,7 @@ def test_a_failed_run_is_recorded_and_the_rest_go_on(tmp_path):
         (lambda t: t.replace("baseline: full", "baseline: v9"), "baseline 'v9' is not a variant"),
         (
             lambda t: t.replace("  - full\n", "  - full\n  - full-mqa\n"),
-            "'full' and 'full-mqa' resolve to the same experiment",
+            "'full' and 'full-mqa' are the same experiment",
         ),
     ],
 )
@@ -153,7 +154,7 @@ def test_bad_ablation_files_error_before_anything_runs(tmp_path, mutate, match):
 
 def test_mean_ci_uses_student_t():
     m, ci = mean_ci([1.0, 2.0, 3.0])
-    assert m == 2.0 and ci == pytest.approx(4.303 * 1.0 / 3**0.5)
+    assert m == 2.0 and ci == pytest.approx(4.302653 * 1.0 / 3**0.5, rel=1e-6)  # t(0.975, 2)
     assert mean_ci([5.0]) == (5.0, None)
 
 
@@ -164,9 +165,9 @@ def test_results_without_runs_is_a_clear_error(tmp_path):
 
 def test_shipped_ablation_files_are_valid():
     for name in ("default", "smoke", "smollm2-135m"):
-        ablation = load_ablation(ROOT / "experiments" / f"{name}.yaml")
+        ablation = load_ablation(ROOT / "smollm" / "configs" / "ablations" / f"{name}.yaml")
         assert ablation.baseline in [v.name for v in ablation.variants]
-    default = load_ablation(ROOT / "experiments" / "default.yaml")
+    default = load_ablation(ROOT / "smollm" / "configs" / "ablations" / "default.yaml")
     assert len(default.seeds) >= 2 and {"v1", "v2", "full"} <= {v.name for v in default.variants}
     assert shutil.which("git")  # provenance records the git SHA
 
@@ -188,3 +189,85 @@ def test_parallel_workers_give_the_sequential_results(tmp_path):
         "--quiet", "--workers", "2", cwd=tmp_path,
     )  # fmt: skip
     assert again.returncode == 0 and "4/4 runs finished" in again.stdout
+
+
+def test_an_edited_variant_reruns_exactly_that_variant(tmp_path):
+    first = run_smoke(tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    root = tmp_path / "runs" / "smoke"
+    mtimes = {p: p.stat().st_mtime_ns for p in root.glob("*/checkpoints/*.pt")}
+    edited = tmp_path / "smoke.yaml"
+    edited.write_text(
+        SMOKE.read_text().replace(
+            "  - v1\n", "  - {name: v1, preset: v1, overrides: [model.dropout=0.0]}\n"
+        )
+    )
+    again = smol("run", "ablation", str(edited), "--quiet", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "v1-s0: the experiment changed (model.dropout: 0.1 -> 0.0)" in again.stderr
+    for path, before in mtimes.items():
+        assert (path.stat().st_mtime_ns == before) == path.parent.parent.name.startswith("full"), (
+            path
+        )
+    summary = json.loads((root / "v1-s1" / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["config"]["model"]["dropout"] == 0.0
+
+
+def test_shipped_ablations_resolve_to_the_experiments_they_always_did():
+    """Presets keep their switch at any shape: the variants need no re-overrides, and resolve
+    exactly as the old explicit form (the committed runs keep their identities)."""
+    from smollm.config import experiment_identity
+
+    default = load_ablation(ROOT / "smollm" / "configs" / "ablations" / "default.yaml")
+    old_form = {
+        "v1": ["model.n_kv_heads=4"],
+        "full-mha": ["model.n_kv_heads=4"],
+        "full-mqa": ["model.n_kv_heads=1"],
+    }
+    for variant in default.variants:
+        new = default.experiment(variant, 0)
+        old = default.experiment(
+            Variant(variant.name, variant.preset, tuple(old_form.get(variant.name, []))), 0
+        )
+        assert experiment_identity(new.to_dict()) == experiment_identity(old.to_dict()), (
+            variant.name
+        )
+    kv = {v.name: default.experiment(v, 0).model.n_kv_heads for v in default.variants}
+    assert kv == {"v1": 4, "v2": 2, "full": 2, "full-layernorm": 2, "full-plain-mlp": 2, "full-mha": 4,
+                  "full-mqa": 1, "full-untied": 2}  # fmt: skip
+
+
+def test_ablations_and_sweeps_are_named_or_given_by_path(tmp_path):
+    from smollm.assets import AssetError, config_file, shipped_configs
+
+    assert {"default", "smoke", "smollm2-135m"} <= set(shipped_configs("ablation"))
+    assert config_file("ablation", "smoke") == SMOKE.resolve()
+    assert config_file("sweep", "smoke").parent.name == "sweeps"
+    with pytest.raises(AssetError, match="no ablation named 'smok'; shipped: .*smoke"):
+        config_file("ablation", "smok")
+    proc = smol("run", "ablation", "nonexistent.yaml", cwd=tmp_path)
+    assert proc.returncode == 2 and "not found" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_installed_wheel_runs_the_smoke_ablation_by_name_from_an_empty_directory(tmp_path):
+    """A plain (non-editable) install: the shipped files travel inside the package."""
+    wheels, site, empty = tmp_path / "wheels", tmp_path / "site", tmp_path / "empty"
+    empty.mkdir()
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels), str(ROOT)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert build.returncode == 0, build.stderr[-2000:]
+    install = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), *map(str, wheels.glob("*.whl"))],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert install.returncode == 0, install.stderr[-2000:]
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    where = subprocess.run([sys.executable, "-c", "import smollm; print(smollm.__file__)"],
+                           cwd=empty, env=env, capture_output=True, text=True)  # fmt: skip
+    assert where.stdout.strip().startswith(str(site)), where.stdout + where.stderr
+    run = subprocess.run([sys.executable, "-m", "smollm.cli", "run", "ablation", "smoke", "--quiet"],
+                         cwd=empty, env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert (empty / "results" / "smoke" / "summary.md").is_file()

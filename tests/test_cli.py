@@ -44,3 +44,33 @@ def test_generate_streams_from_packaged_weights():
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("Once upon a time")
     assert len(proc.stdout.split()) > 8
+
+
+def test_a_bug_keeps_its_traceback(monkeypatch):
+    """Only user errors (SmolError) become one line; any other exception is a bug and says where."""
+    import pytest
+
+    import smollm.cli as cli
+
+    def broken(*a, **k):
+        raise ValueError("an internal invariant failed")
+
+    monkeypatch.setattr("smollm.config.ModelConfig.from_preset", broken)
+    monkeypatch.setattr("sys.argv", ["smol", "inspect", "full"])
+    with pytest.raises(ValueError, match="internal invariant"):
+        cli.main()
+
+
+def test_an_override_value_is_never_silently_cut():
+    from smollm.experiment import load_experiment, parse_override
+
+    assert parse_override("data.corpus=/data/c #1") == ("data.corpus", "/data/c #1")
+    assert parse_override("train.lr=3e-4") == ("train.lr", 3e-4)
+    assert parse_override("tracking.tags=[a, b]") == ("tracking.tags", ["a", "b"])
+    exp = load_experiment(["train.max_steps=1", "data.corpus=/data/c #1", "tracking.name=a: b"])
+    assert exp.data.corpus == "/data/c #1" and exp.tracking.name == "a: b"
+
+
+def test_sweep_show_is_a_real_subcommand():
+    result = runner.invoke(app, ["sweep", "--help"])
+    assert result.exit_code == 0 and "run" in result.output and "show" in result.output

@@ -1,18 +1,27 @@
 import dataclasses
 
 import pytest
+import torch
 
 from smollm import ConfigError, ModelConfig, SmolLM
 from smollm.config import PRESETS, flops_per_token, param_count
 
-EXPECTED = {"smollm2-135m": 134_515_008, "full": 134_515_008, "v2": 135_104_832, "v1": 150_312_960}
+EXPECTED = {
+    "smollm2-135m": 134_515_008,
+    "full": 134_515_008,
+    "v2": 135_104_832,
+    "v1": 150_312_960,
+    "smollm2-360m": 361_821_120,
+    "smollm2-1.7b": 1_711_376_384,
+}
 
 
 @pytest.mark.parametrize("name,count", EXPECTED.items())
 def test_named_preset_parameter_counts(name, count):
     cfg = ModelConfig.from_preset(name)
     assert param_count(cfg) == count
-    assert SmolLM(cfg).num_parameters() == count
+    with torch.device("meta"):  # shapes only (1.7B parameters would take 7 GB)
+        assert SmolLM(cfg).num_parameters() == count
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
@@ -43,6 +52,16 @@ def test_v1_and_v2_differ_from_full_as_documented():
         False,
         0.1,
     )
+
+
+@pytest.mark.parametrize(
+    ("preset", "kv"), [("full", 2), ("v1", 4), ("full-mha", 4), ("full-mqa", 1), ("v2", 2)]
+)
+def test_a_shrunk_shape_keeps_each_variants_one_difference(preset, kv):
+    """The base shrinks to 4 heads / 2 KV heads; MHA and MQA variants stay MHA and MQA."""
+    cfg = ModelConfig.from_preset(preset, dim=128, n_layers=4, n_heads=4, n_kv_heads=2)
+    assert cfg.n_kv_heads == kv
+    assert ModelConfig.from_preset("full", n_heads=4, dim=128, n_kv_heads="mqa").n_kv_heads == 1
 
 
 def test_shrink_preset_with_overrides():

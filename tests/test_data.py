@@ -16,7 +16,7 @@ from smollm.data import (
     prepare,
     resolve_corpus,
 )
-from smollm.data import cache as cache_mod
+from smollm.data import tokencache as cache_mod
 from smollm.data.corpora import is_validation
 from smollm.data.loader import block_index, gather
 
@@ -100,7 +100,7 @@ def test_killed_build_leaves_no_complete_looking_cache(jsonl, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         prepare(c, progress=False)
     key = cache_mod.cache_key(resolve_corpus(c.corpus), c)
-    left = [p.name for p in (cache_mod.assets.cache_dir() / "data").iterdir() if key in p.name]
+    left = [p.name for p in (cache_mod.assets.cache_root() / "data").iterdir() if key in p.name]
     assert left == []  # neither the cache nor its temporary build directory
     monkeypatch.setattr(cache_mod, "encode_batch", real)
     cache, _ = prepare(cfg(jsonl, val_fraction=0.2), progress=False)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
-from smollm import ModelConfig, SmolLM
+from smollm import ModelConfig, SmolLM, load_pretrained, save_pretrained
 from smollm.hf import WeightsError, _unpermute, from_llama_config, to_llama_config
 
 
@@ -40,7 +40,7 @@ def hf_tiny(n_kv_heads: int, tie: bool = True, bias: bool = False) -> LlamaForCa
 def test_logits_match_llama_on_tiny_random_configs(tmp_path, n_kv_heads, label, tie):
     ref = hf_tiny(n_kv_heads, tie=tie)
     ref.save_pretrained(tmp_path)
-    ours = SmolLM.from_pretrained(str(tmp_path))
+    ours = load_pretrained(str(tmp_path))
     assert ours.config.n_kv_heads == n_kv_heads and ours.config.tie_embeddings == tie
     ids = torch.randint(0, 256, (2, 33))
     with torch.no_grad():
@@ -50,7 +50,7 @@ def test_logits_match_llama_on_tiny_random_configs(tmp_path, n_kv_heads, label, 
 def test_biased_llama_round_trips(tmp_path):
     ref = hf_tiny(2, bias=True)
     ref.save_pretrained(tmp_path / "hf")
-    ours = SmolLM.from_pretrained(str(tmp_path / "hf"))
+    ours = load_pretrained(str(tmp_path / "hf"))
     assert ours.config.bias
     ids = torch.randint(0, 256, (1, 20))
     with torch.no_grad():
@@ -60,13 +60,13 @@ def test_biased_llama_round_trips(tmp_path):
 def test_save_pretrained_loads_in_transformers(tmp_path, tiny):
     torch.manual_seed(0)
     ours = SmolLM(tiny).eval()
-    ours.save_pretrained(tmp_path)
+    save_pretrained(ours, tmp_path)
     ref = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
     assert isinstance(ref, LlamaForCausalLM)
     ids = torch.randint(0, tiny.vocab_size, (2, 17))
     with torch.no_grad():
         torch.testing.assert_close(ours(ids), ref(ids).logits, rtol=0, atol=1e-5)
-    again = SmolLM.from_pretrained(str(tmp_path))
+    again = load_pretrained(str(tmp_path))
     assert again.config == tiny  # exact round trip through smollm_config
 
 
@@ -76,7 +76,7 @@ def test_export_of_non_llama_variant_is_a_clear_error(tmp_path, preset):
         preset, dim=64, n_layers=1, n_heads=4, n_kv_heads=4, vocab_size=64, intermediate_size=64
     )
     with pytest.raises(WeightsError, match="LlamaForCausalLM cannot express this variant"):
-        SmolLM(cfg).save_pretrained(tmp_path / "out")
+        save_pretrained(SmolLM(cfg), tmp_path / "out")
     assert not (tmp_path / "out").exists()  # nothing half-written
 
 
@@ -96,13 +96,13 @@ def test_unpermute_inverts_llama_cpp_permute():
 
 def test_bad_sources_error_clearly(tmp_path):
     with pytest.raises(WeightsError, match="no such file"):
-        SmolLM.from_pretrained(str(tmp_path / "missing"))
+        load_pretrained(str(tmp_path / "missing"))
     with pytest.raises(WeightsError, match="Hub is not reachable"):
-        SmolLM.from_pretrained("HuggingFaceTB/SmolLM2-135M")
+        load_pretrained("HuggingFaceTB/SmolLM2-135M")
     bad = tmp_path / "bad.gguf"
     bad.write_bytes(b"not a gguf file at all")
     with pytest.raises(WeightsError, match="not a readable GGUF"):
-        SmolLM.from_pretrained(str(bad))
+        load_pretrained(str(bad))
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "config.json").write_text(
         json.dumps(
@@ -114,7 +114,7 @@ def test_bad_sources_error_clearly(tmp_path):
         )
     )
     with pytest.raises(WeightsError, match="no \\*.safetensors"):
-        SmolLM.from_pretrained(str(tmp_path / "d"))
+        load_pretrained(str(tmp_path / "d"))
 
 
 # ---------------------------------------------------------------------------- the real weights
@@ -148,7 +148,7 @@ def test_real_weights_greedy_generation_matches_transformers(real_model, hf_real
 
 
 def test_real_weights_export_round_trip(tmp_path, real_model):
-    real_model.save_pretrained(tmp_path)
+    save_pretrained(real_model, tmp_path)
     ref = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
     ids = torch.randint(0, 49152, (1, 64), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():

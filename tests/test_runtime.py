@@ -7,7 +7,7 @@ import pytest
 from smollm.runtime import start_workers, visible_gpus, worker_gpu
 
 
-def report_env(out) -> None:  # noqa: ANN001 - runs in a spawned worker
+def report_env(out) -> None:
     import os
 
     out.put(os.environ.get("CUDA_VISIBLE_DEVICES"))

@@ -10,12 +10,13 @@ import pytest
 from optuna.trial import TrialState
 
 from smollm.config import ConfigError
-from smollm.sweep import load_sweep, run_sweep, storage_url, write_sweep_results
+from smollm.results import write_sweep_results
+from smollm.sweep import load_sweep, run_sweep, storage_url
 
 from .conftest import smol
 
 ROOT = Path(__file__).resolve().parent.parent
-SMOKE = ROOT / "sweeps" / "smoke.yaml"
+SMOKE = ROOT / "smollm" / "configs" / "sweeps" / "smoke.yaml"
 
 
 def study(tmp_path, name="smoke"):
@@ -23,7 +24,9 @@ def study(tmp_path, name="smoke"):
 
 
 def test_smoke_sweep_prunes_a_bad_trial_and_writes_results(tmp_path):
-    proc = smol("sweep", str(SMOKE), "--runs-dir", "runs", "--results-dir", "results", cwd=tmp_path)
+    proc = smol(
+        "sweep", "run", str(SMOKE), "--runs-dir", "runs", "--results-dir", "results", cwd=tmp_path
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     s = study(tmp_path)
     states = [t.state for t in s.trials]
@@ -44,7 +47,7 @@ def test_smoke_sweep_prunes_a_bad_trial_and_writes_results(tmp_path):
         assert (out / name).is_file(), name
     assert "**Best**" in (out / "summary.md").read_text()
     again = smol(
-        "sweep", str(SMOKE), "--runs-dir", "runs", "--results-dir", "results", cwd=tmp_path
+        "sweep", "run", str(SMOKE), "--runs-dir", "runs", "--results-dir", "results", cwd=tmp_path
     )  # resume: nothing left
     assert again.returncode == 0 and len(study(tmp_path).trials) == len(s.trials)
     show = smol(
@@ -68,6 +71,7 @@ def test_killed_worker_trial_is_failed_by_heartbeat_and_retried(tmp_path):
         "-m",
         "smollm.cli",
         "sweep",
+        "run",
         str(fast),
         "--runs-dir",
         "runs",
@@ -149,14 +153,17 @@ def test_bad_search_space_errors_clearly(tmp_path, space, match):
     path.write_text(f"{head}space:\n{space}\n{tail}")
     with pytest.raises(ConfigError, match=match):
         load_sweep(path)
-    proc = smol("sweep", str(path), "--runs-dir", "runs", cwd=tmp_path)
+    proc = smol("sweep", "run", str(path), "--runs-dir", "runs", cwd=tmp_path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
 
 
 def test_shipped_sweep_files_are_valid():
     for name in ("smoke", "default", "smollm2-135m"):
-        assert load_sweep(ROOT / "sweeps" / f"{name}.yaml").space
-    v1 = load_sweep(ROOT / "sweeps" / "default.yaml", ["model.preset=v1", "model.n_kv_heads=4"])
+        assert load_sweep(ROOT / "smollm" / "configs" / "sweeps" / f"{name}.yaml").space
+    v1 = load_sweep(
+        ROOT / "smollm" / "configs" / "sweeps" / "default.yaml",
+        ["model.preset=v1", "model.n_kv_heads=4"],
+    )
     assert v1.experiment({"train.lr": 1e-3, "train.batch_size": 8}, 0).model.norm == "layernorm"
 
 
@@ -167,7 +174,7 @@ def test_ablation_takes_lr_from_a_finished_study(tmp_path, monkeypatch):
     best = study(tmp_path).best_params
     abl = tmp_path / "a.yaml"
     abl.write_text(
-        (ROOT / "experiments" / "smoke.yaml").read_text()
+        (ROOT / "smollm" / "configs" / "ablations" / "smoke.yaml").read_text()
         + "from_sweep: {name: smoke, runs_dir: runs}\n"
     )
     monkeypatch.chdir(tmp_path)
@@ -221,6 +228,7 @@ def test_two_commands_share_a_study_on_postgresql(tmp_path, postgres):
         "-m",
         "smollm.cli",
         "sweep",
+        "run",
         str(SMOKE),
         "--storage",
         postgres,
@@ -241,6 +249,7 @@ def test_two_commands_share_a_study_on_postgresql(tmp_path, postgres):
     assert len({t.user_attrs["worker_pid"] for t in s.trials}) == 2
     bad = smol(
         "sweep",
+        "run",
         str(SMOKE),
         "--storage",
         "postgresql+psycopg2://postgres@127.0.0.1:1/none",
@@ -253,7 +262,7 @@ def test_two_commands_share_a_study_on_postgresql(tmp_path, postgres):
     )
 
 
-def _ask_many(url: str, n: int, out) -> None:  # noqa: ANN001
+def _ask_many(url: str, n: int, out) -> None:
     from smollm.sweep import make_storage
 
     s = optuna.load_study(study_name="race", storage=make_storage(url))

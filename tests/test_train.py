@@ -140,11 +140,15 @@ def test_checkpoint_write_is_atomic_and_corrupt_files_fall_back(tmp_path, monkey
         save_checkpoint(tmp_path, {"step": 10, "x": torch.zeros(3)}, keep=3)
     monkeypatch.setattr(torch, "save", real_save)
     assert [p.name for p in checkpoint_paths(tmp_path)] == ["step-00000005.pt"]
+    assert not list((tmp_path / "checkpoints").glob(".*tmp*"))  # the partial file is gone
     save_checkpoint(tmp_path, {"step": 10, "x": torch.zeros(3)}, keep=3)
     (tmp_path / "checkpoints" / "step-00000010.pt").write_bytes(b"corrupted")
     state, path = load_latest(tmp_path)
     assert state["step"] == 5 and path.name == "step-00000005.pt"
-    assert "step-00000010.pt is corrupt" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "step-00000010.pt does not load" in err and "moved to" in err
+    assert (tmp_path / "checkpoints" / "corrupt" / "step-00000010.pt").is_file()
+    assert [p.name for p in checkpoint_paths(tmp_path)] == ["step-00000005.pt"]
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, corpus, monkeypatch):
@@ -244,13 +248,13 @@ def test_config_errors_are_one_line(tmp_path, corpus, override, match):
 def test_export_trained_run_and_refuse_v1(tmp_path, corpus):
     from transformers import AutoModelForCausalLM
 
-    from smollm import SmolLM
+    from smollm import load_pretrained
 
     exp = load_experiment(tiny_args(corpus, "train.max_steps=5"))
     train(exp, tmp_path / "run", progress=False)
     proc = smol("export", str(tmp_path / "run"), str(tmp_path / "hf"))
     assert proc.returncode == 0, proc.stderr
-    ours = SmolLM.from_pretrained(str(tmp_path / "run"))
+    ours = load_pretrained(str(tmp_path / "run"))
     ref = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
     ids = torch.randint(0, 512, (1, 16))
     with torch.no_grad():

@@ -1,9 +1,9 @@
 """Data: corpora by name, tokenised once into a cache, packed into blocks, evaluated in bits per byte."""
 
-from smollm.data.cache import CacheError, TokenCache, open_cache, prepare, train_documents
 from smollm.data.corpora import CorpusError, resolve_corpus
 from smollm.data.evaluate import EvalResult, evaluate
-from smollm.data.loader import BlockLoader, StreamLoader, validation_blocks
+from smollm.data.loader import BlockLoader, StreamLoader, make_loader, validation_blocks
+from smollm.data.tokencache import CacheError, TokenCache, open_cache, prepare, train_documents
 
 __all__ = [
     "BlockLoader",
@@ -13,6 +13,7 @@ __all__ = [
     "StreamLoader",
     "TokenCache",
     "evaluate",
+    "make_loader",
     "open_cache",
     "prepare",
     "resolve_corpus",

@@ -9,8 +9,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from smollm.data.cache import TokenCache
 from smollm.data.loader import gather, validation_blocks
+from smollm.data.tokencache import TokenCache
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,7 @@ def evaluate(
     batch_size: int = 8,
     max_blocks: int | None = None,
     autocast_dtype: torch.dtype | None = None,
-) -> EvalResult:  # noqa: ANN001
+) -> EvalResult:
     """Evaluate `model` on the fixed validation blocks of `cache`."""
     was_training = model.training
     model.eval()

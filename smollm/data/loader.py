@@ -13,8 +13,10 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from smollm.config import SmolError
-from smollm.data.cache import TokenCache
+from smollm.config import DataConfig, InputError, SmolError
+from smollm.data.corpora import resolve_corpus
+from smollm.data.tokencache import TokenCache, train_documents
+from smollm.data.vocab import encode_batch, endoftext_id
 
 
 def block_index(shards: list[np.ndarray], seq_len: int) -> np.ndarray:
@@ -51,7 +53,7 @@ class BlockLoader:
         self.seq_len, self.seed, self.rank, self.world_size = seq_len, seed, rank, world_size
         self.index = block_index(self.shards, seq_len)
         if len(self.index) == 0:
-            raise ValueError(f"the train split has fewer than seq_len + 1 = {seq_len + 1} tokens")
+            raise InputError(f"the train split has fewer than seq_len + 1 = {seq_len + 1} tokens")
         self.epoch, self.cursor = 0, 0
         self._perm = self._permutation(0)
 
@@ -61,7 +63,7 @@ class BlockLoader:
     def next(self, micro_batch: int) -> tuple[torch.Tensor, torch.Tensor]:
         need = micro_batch * self.world_size
         if need > len(self.index):
-            raise ValueError(
+            raise InputError(
                 f"a batch of {need} blocks exceeds the {len(self.index)} blocks of the train split"
             )
         if self.cursor + need > len(self._perm):  # drop the epoch's remainder, reshuffle
@@ -96,7 +98,7 @@ def validation_blocks(cache: TokenCache, seq_len: int, max_blocks: int | None = 
     """The fixed validation blocks, in order: the same for every run and variant."""
     index = block_index(cache.shards["val"], seq_len)
     if len(index) == 0:
-        raise ValueError(f"the validation split has fewer than seq_len + 1 = {seq_len + 1} tokens")
+        raise InputError(f"the validation split has fewer than seq_len + 1 = {seq_len + 1} tokens")
     return index[:max_blocks] if max_blocks else index
 
 
@@ -116,7 +118,7 @@ class StreamLoader:
         rank: int = 0,
         world_size: int = 1,
         prefetch: int = 64,
-    ) -> None:  # noqa: ANN001
+    ) -> None:
         self.seq_len, self.rank, self.world_size = seq_len, rank, world_size
         self.consumed = 0
         self.epoch = 0  # a stream is read once
@@ -126,7 +128,7 @@ class StreamLoader:
         )
         self._worker.start()
 
-    def _produce(self, documents: Iterator[str], encode, eot: int) -> None:  # noqa: ANN001
+    def _produce(self, documents: Iterator[str], encode, eot: int) -> None:
         buf: list[int] = []
         try:
             for batch in _batched(documents, 64):
@@ -175,3 +177,15 @@ def _batched(items: Iterator[str], n: int) -> Iterator[list[str]]:
             batch = []
     if batch:
         yield batch
+
+
+def make_loader(cfg: DataConfig, cache: TokenCache, tok, seed: int, rank: int = 0, world: int = 1):
+    """Shuffled blocks from the cache, or (data.stream) blocks tokenised on the fly in corpus order."""
+    if not cfg.stream:
+        return BlockLoader(cache, cfg.seq_len, seed, rank, world)
+    docs = train_documents(
+        resolve_corpus(cfg.corpus, cfg.text_field, cfg.max_docs), cfg.val_fraction
+    )
+    return StreamLoader(
+        docs, lambda batch: encode_batch(tok, batch), endoftext_id(tok), cfg.seq_len, rank, world
+    )

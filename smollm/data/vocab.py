@@ -29,7 +29,7 @@ def bpe_size(name: str) -> int | None:
     return size
 
 
-def get_tokenizer(name: str, train_texts: Iterable[str] | None = None, key: str = ""):  # noqa: ANN201
+def corpus_tokenizer(name: str, train_texts: Iterable[str] | None = None, key: str = ""):
     """The tokenizer called `name`; a `bpe-N` one is trained on `train_texts` once and cached under `key`."""
     size = bpe_size(name)
     if size is None:
@@ -40,7 +40,7 @@ def get_tokenizer(name: str, train_texts: Iterable[str] | None = None, key: str 
         return load_tokenizer(name)
     from transformers import AutoTokenizer
 
-    target = assets.cache_dir() / "tokenizers" / f"bpe-{size}-{key}"
+    target = assets.cache_root() / "tokenizers" / f"bpe-{size}-{key}"
     if not (target / "tokenizer.json").is_file():
         if train_texts is None:
             raise SmolError(f"tokenizer {name!r} is not trained yet for this corpus")
@@ -71,14 +71,14 @@ def _train_bpe(texts: Iterable[str], size: int, target: Path) -> None:
         fast.save_pretrained(tmp)
 
 
-def endoftext_id(tokenizer) -> int:  # noqa: ANN001
+def endoftext_id(tokenizer) -> int:
     tid = tokenizer.convert_tokens_to_ids(ENDOFTEXT)
     if tid is None or tid == tokenizer.unk_token_id and ENDOFTEXT not in tokenizer.get_vocab():
         raise SmolError(f"tokenizer has no {ENDOFTEXT} token to separate documents")
     return int(tid)
 
 
-def encode_batch(tokenizer, texts: list[str]) -> list[list[int]]:  # noqa: ANN001
+def encode_batch(tokenizer, texts: list[str]) -> list[list[int]]:
     """Token ids of each text, through the Rust tokenizer directly (its threads use every core)."""
     return [
         e.ids for e in tokenizer.backend_tokenizer.encode_batch(texts, add_special_tokens=False)
@@ -102,7 +102,7 @@ def _byte_decoder() -> dict[str, int]:
     return {chr(c): b for b, c in zip(bs, cs, strict=True)}
 
 
-def token_bytes(tokenizer) -> np.ndarray:  # noqa: ANN001
+def token_bytes(tokenizer) -> np.ndarray:
     """UTF-8 bytes each token stands for (0 for special tokens), to turn nats into bits per byte."""
     decoder = _byte_decoder()
     special = set(tokenizer.all_special_ids) | {int(i) for i in tokenizer.added_tokens_decoder}

@@ -24,9 +24,9 @@ from smollm import assets
 from smollm.config import DataConfig, SmolError
 from smollm.data.corpora import Corpus, is_validation, resolve_corpus
 from smollm.data.vocab import (
+    corpus_tokenizer,
     encode_batch,
     endoftext_id,
-    get_tokenizer,
     token_bytes,
     tokenizer_identity,
 )
@@ -77,9 +77,9 @@ def prepare(cfg: DataConfig, progress: bool = True) -> tuple[TokenCache, object]
     """Open the cache for `cfg`, building it first if needed; returns (cache, tokenizer)."""
     corpus = resolve_corpus(cfg.corpus, cfg.text_field, cfg.max_docs)
     key = cache_key(corpus, cfg)
-    path = assets.cache_dir() / "data" / key
+    path = assets.cache_root() / "data" / key
     train_docs = itertools.islice(train_documents(corpus, cfg.val_fraction), BPE_TRAIN_DOCS)
-    tokenizer = get_tokenizer(cfg.tokenizer, train_docs, key=key)
+    tokenizer = corpus_tokenizer(cfg.tokenizer, train_docs, key=key)
     if not (path / "meta.json").is_file():
         _build(corpus, cfg, tokenizer, path, progress)
     return open_cache(path), tokenizer
@@ -181,7 +181,7 @@ class _ShardWriter:
         }
 
 
-def _build(corpus: Corpus, cfg: DataConfig, tokenizer, path: Path, progress: bool) -> None:  # noqa: ANN001
+def _build(corpus: Corpus, cfg: DataConfig, tokenizer, path: Path, progress: bool) -> None:
     """Tokenise every document into its split's shards, then rename the directory into place."""
     vocab = len(tokenizer)
     dtype = np.dtype(np.uint16 if vocab <= 1 << 16 else np.uint32)
@@ -217,7 +217,7 @@ def _build(corpus: Corpus, cfg: DataConfig, tokenizer, path: Path, progress: boo
 
 def _write_batch(
     batch: list[str], tokenizer, eot: int, dtype, writers: dict, val_fraction: float
-) -> None:  # noqa: ANN001
+) -> None:
     if not batch:
         return
     for text, ids in zip(batch, encode_batch(tokenizer, batch), strict=True):

@@ -1,0 +1,328 @@
+"""Run directories: every file a run writes, their names, their readers and writers, in one place.
+
+A run directory (`RunDir`) holds:
+    config.yaml     the resolved experiment (`smol train config.yaml` re-runs it)
+    git.json        SHA and dirty flag of the code    git.diff     its uncommitted changes
+    tokenizer/      the run's tokenizer (the directory serves and exports on its own)
+    metrics.jsonl   deterministic rows (loss, val)     perf.jsonl   tokens/s, MFU, memory
+    samples.jsonl   generations at each evaluation    summary.json status and final figures
+    checkpoints/    step-NNNNNNNN.pt (format: smollm.checkpoint)
+    wandb_id, wandb/   the W&B run's id and files     error.log    a failed run's traceback
+    .lock           held by the one process writing the directory
+
+The summary has one writer (`RunDir.write_summary`) and a typed status. An ablation's directory
+(`AblationDir`) holds its file, provenance, the pretrained reference and one run per
+(variant, seed), named `<variant>-s<seed>`; a sweep's (`SweepDir`) holds `trial-NNNN` runs and the
+default SQLite study.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+from smollm.config import SmolError, experiment_diff
+
+Status = Literal["running", "finished", "failed", "diverged", "pruned"]
+STATUSES = ("running", "finished", "failed", "diverged", "pruned")
+JSONL = ("metrics", "perf", "samples")
+
+
+class RunDirError(SmolError):
+    """A run directory that cannot be used as asked; the message says why and what to do."""
+
+
+class RunDirBusy(RunDirError):
+    """Another live process holds the run directory."""
+
+
+def read_json(path: Path) -> Any:
+    """A JSON file's contents; a parse error names the file."""
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RunDirError(f"{path}: not valid JSON ({e})") from None
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write JSON atomically (temp file + rename): readers see the old file or the new one."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Every row of a JSON-lines file ([] when it does not exist); a bad line names the file."""
+    if not path.is_file():
+        return []
+    rows = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise RunDirError(f"{path}, line {n}: not valid JSON ({e})") from None
+        if not isinstance(row, dict):
+            raise RunDirError(f"{path}, line {n}: expected a JSON object")
+        rows.append(row)
+    return rows
+
+
+def truncate_jsonl(path: Path, max_step: int) -> None:
+    """Keep rows with step <= max_step (and drop a half-written last line) before a resume."""
+    if not path.is_file():
+        return
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            break  # a line cut short by a kill
+        if isinstance(row, dict) and row.get("step", 0) <= max_step:
+            rows.append(line)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text("".join(r + "\n" for r in rows))
+    os.replace(tmp, path)
+
+
+class RunDir:
+    """One run's directory."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    # ------------------------------------------------------------------ paths
+    config = property(lambda self: self.path / "config.yaml")
+    git = property(lambda self: self.path / "git.json")
+    diff = property(lambda self: self.path / "git.diff")
+    tokenizer = property(lambda self: self.path / "tokenizer")
+    checkpoints = property(lambda self: self.path / "checkpoints")
+    summary_path = property(lambda self: self.path / "summary.json")
+    wandb_id = property(lambda self: self.path / "wandb_id")
+    error_log = property(lambda self: self.path / "error.log")
+    lock_path = property(lambda self: self.path / ".lock")
+
+    def jsonl(self, kind: str) -> Path:
+        """metrics.jsonl, perf.jsonl or samples.jsonl."""
+        if kind not in JSONL:
+            raise ValueError(f"unknown record kind {kind!r}")
+        return self.path / f"{kind}.jsonl"
+
+    def rows(self, kind: str) -> list[dict[str, Any]]:
+        return read_jsonl(self.jsonl(kind))
+
+    def exists(self) -> bool:
+        return self.path.is_dir()
+
+    def is_run(self) -> bool:
+        """Whether this looks like a smollm run directory (a config or checkpoints)."""
+        return self.config.is_file() or self.checkpoints.is_dir()
+
+    # ------------------------------------------------------------------ summary
+    def read_summary(self) -> dict[str, Any] | None:
+        """The summary, None when there is none; a malformed one is a RunDirError naming it."""
+        if not self.summary_path.is_file():
+            return None
+        data = read_json(self.summary_path)
+        if not isinstance(data, dict) or data.get("status") not in STATUSES:
+            raise RunDirError(
+                f"{self.summary_path}: not a run summary (needs a status: {', '.join(STATUSES)})"
+            )
+        return data
+
+    def write_summary(self, status: Status, **fields: Any) -> dict[str, Any]:
+        """The one writer of summary.json (atomic)."""
+        if status not in STATUSES:
+            raise ValueError(f"unknown run status {status!r}")
+        self.path.mkdir(parents=True, exist_ok=True)
+        summary = {"status": status, **fields}
+        write_json(self.summary_path, summary)
+        return summary
+
+    # ------------------------------------------------------------------ the experiment
+    def recorded_experiment(self) -> dict[str, Any] | None:
+        """The resolved experiment this directory was started with (config.yaml), if any."""
+        import yaml
+
+        if not self.config.is_file():
+            return None
+        try:
+            data = yaml.safe_load(self.config.read_text())
+        except yaml.YAMLError as e:
+            raise RunDirError(f"{self.config}: not valid YAML ({str(e).splitlines()[0]})") from None
+        if not isinstance(data, dict) or not all(
+            isinstance(data.get(k), dict) for k in ("model", "data", "train")
+        ):
+            raise RunDirError(f"{self.config}: not a run config (model, data, train)")
+        data["preset"] = data["model"].pop(
+            "preset", data.get("preset")
+        )  # as ExperimentConfig has it
+        return data
+
+    def experiment_changes(self, experiment: dict[str, Any]) -> list[str]:
+        """How `experiment` differs from the one this directory holds ([]: same, or none yet)."""
+        recorded = self.recorded_experiment()
+        return [] if recorded is None else experiment_diff(recorded, experiment)
+
+    def check_experiment(self, experiment: dict[str, Any]) -> None:
+        """Raise unless this directory holds no run yet or exactly `experiment`."""
+        diff = self.experiment_changes(experiment)
+        if diff:
+            shown = "; ".join(diff[:10]) + (f"; and {len(diff) - 10} more" if len(diff) > 10 else "")
+            raise RunDirError(
+                f"{self.path} holds a different experiment ({shown}); use another run directory, "
+                "or re-run with --replace to discard it and start over"
+            )
+
+    def write_records(self, experiment: dict[str, Any], tokenizer: Any) -> None:
+        """config.yaml, git.json (+ git.diff) and the tokenizer, at the start of a run."""
+        import yaml
+
+        self.path.mkdir(parents=True, exist_ok=True)
+        if not (self.tokenizer / "tokenizer.json").is_file():
+            tokenizer.save_pretrained(self.tokenizer)
+        resolved = json.loads(json.dumps(experiment, default=list))  # plain lists and scalars
+        resolved["model"] = {"preset": resolved.pop("preset"), **resolved["model"]}
+        self.config.write_text(yaml.safe_dump(resolved, sort_keys=False))
+        info = git_info()
+        self.git.write_text(
+            json.dumps({"sha": info["sha"], "dirty": info["dirty"]}, indent=2) + "\n"
+        )
+        if info["diff"]:
+            self.diff.write_text(info["diff"])
+
+    # ------------------------------------------------------------------ ownership
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the directory for this process; the OS releases it when the process dies."""
+        import fcntl
+
+        self.path.mkdir(parents=True, exist_ok=True)
+        fh = open(self.lock_path, "a+")  # noqa: SIM115 - held for the block
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            fh.close()
+            raise RunDirBusy(
+                f"{self.path} is in use by process {holder}; wait for it, or use another run directory"
+            ) from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        try:
+            yield
+        finally:
+            fh.close()  # closing the descriptor releases the lock
+
+    def clear(self) -> None:
+        """Delete everything in the directory but its lock (the caller holds it)."""
+        if not self.path.is_dir():
+            return
+        for child in self.path.iterdir():
+            if child == self.lock_path:
+                continue
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+
+
+def git_info(repo: Path | None = None) -> dict[str, Any]:
+    """SHA, dirty flag and diff of the code that ran (empty when not in a git checkout)."""
+    cwd = repo or Path(__file__).resolve().parent.parent
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=cwd, capture_output=True, text=True, timeout=20
+        ).stdout
+
+    try:
+        sha = git("rev-parse", "HEAD").strip()
+        diff = git("diff", "HEAD")
+    except (OSError, subprocess.SubprocessError):
+        return {"sha": None, "dirty": None, "diff": ""}
+    return {"sha": sha or None, "dirty": bool(diff.strip()), "diff": diff}
+
+
+def code_versions(run_dirs: Iterable[Path]) -> str:
+    """The git SHAs (marked dirty where they were) that produced these runs, from their git.json."""
+    shas = set()
+    for d in run_dirs:
+        git = RunDir(d).git
+        if git.is_file():
+            info = read_json(git)
+            shas.add(
+                f"{(info.get('sha') or 'unknown')[:10]}{' (dirty)' if info.get('dirty') else ''}"
+            )
+    return ", ".join(sorted(shas)) or "unknown"
+
+
+def run_name(variant: str, seed: int) -> str:
+    """An ablation run's directory name: `<variant>-s<seed>`."""
+    return f"{variant}-s{seed}"
+
+
+class AblationDir:
+    """runs/<ablation>/: the ablation file as run, its provenance, the reference, the runs."""
+
+    def __init__(self, runs_root: Path, name: str) -> None:
+        self.path = Path(runs_root) / name
+        self.name = name
+
+    spec = property(lambda self: self.path / "ablation.json")
+    provenance = property(lambda self: self.path / "provenance.json")
+    reference = property(lambda self: RunDir(self.path / "reference"))
+
+    def run(self, variant: str, seed: int) -> RunDir:
+        return RunDir(self.path / run_name(variant, seed))
+
+    def exists(self) -> bool:
+        return self.spec.is_file()
+
+    def read_spec(self) -> dict[str, Any]:
+        spec = read_json(self.spec)
+        if not isinstance(spec, dict) or not isinstance(spec.get("variants"), list):
+            raise RunDirError(f"{self.spec}: not an ablation file (no variants)")
+        return spec
+
+
+def ablation_names(runs_root: Path) -> list[str]:
+    """The ablations that have run directories under runs_root."""
+    root = Path(runs_root)
+    return sorted(p.name for p in root.glob("*") if AblationDir(root, p.name).exists())
+
+
+class SweepDir:
+    """runs/sweeps/<sweep>/: one run directory per trial, and the default SQLite study."""
+
+    def __init__(self, runs_root: Path, name: str) -> None:
+        self.path = Path(runs_root) / "sweeps" / name
+
+    def trial(self, number: int) -> RunDir:
+        return RunDir(self.path / f"trial-{number:04d}")
+
+    @property
+    def study_db(self) -> Path:
+        return self.path / "study.db"
+
+
+def default_run_dir(config: str | os.PathLike | None, runs_root: Path = Path("runs")) -> RunDir:
+    """`smol train`'s run directory when none is given: runs/<config file stem>, or runs/default."""
+    return RunDir(runs_root / (Path(config).stem if config else "default"))

@@ -1,0 +1,148 @@
+"""Running a sweep: the study, the objective (a training run per trial) and the worker processes."""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from smollm.config import SmolError
+from smollm.rundir import SweepDir
+from smollm.sweep.spec import Param, Sweep, load_sweep, make_pruner, make_sampler
+from smollm.sweep.storage import make_storage, retry_callback, storage_url
+
+
+def open_study(sweep: Sweep, url: str):
+    """Create the study, or load it to resume; enqueued points are added once, at creation."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = make_storage(url, sweep.heartbeat_interval, sweep.grace_period, sweep.max_retry)
+    try:
+        optuna.load_study(study_name=sweep.name, storage=storage)
+        created = False
+    except KeyError:
+        created = True
+    study = optuna.create_study(
+        study_name=sweep.name,
+        storage=storage,
+        direction="minimize",
+        sampler=make_sampler(sweep.sampler),
+        pruner=make_pruner(sweep.pruner),
+        load_if_exists=True,
+    )
+    if created:
+        for point in sweep.enqueue:
+            study.enqueue_trial(point)
+    return study
+
+
+def _suggest(trial, p: Param) -> Any:
+    if p.kind == "categorical":
+        return trial.suggest_categorical(p.key, list(p.choices))
+    if p.kind == "int":
+        return trial.suggest_int(p.key, int(p.low), int(p.high), log=p.log)
+    return trial.suggest_float(p.key, p.low, p.high, log=p.log)
+
+
+def objective(sweep: Sweep, runs_root: Path):
+    """trial -> the objective of a training run; intermediate val loss feeds the pruner."""
+    import warnings
+
+    import optuna
+
+    from smollm.train import train
+
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    trials = SweepDir(runs_root, sweep.name)
+
+    def run(trial: optuna.Trial) -> float:
+        params = {p.key: _suggest(trial, p) for p in sweep.space}
+        frozen = trial.study.get_trials(deepcopy=False)[trial.number]  # Optuna 5: system attrs
+        origin = retry_callback().retried_trial_number(frozen)
+        number = trial.number if origin is None else origin  # a retry resumes the failed run
+        run = trials.trial(number)
+        trial.set_user_attr("run_dir", str(run.path))
+        trial.set_user_attr("worker_pid", os.getpid())
+
+        def report(step: int, loss: float) -> None:
+            trial.report(loss, step)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at step {step} (val loss {loss:.4f})")
+
+        try:
+            summary = train(
+                sweep.experiment(params, number), run.path, progress=False, on_eval=report
+            )
+        except optuna.TrialPruned as e:
+            run.write_summary("pruned", reason=str(e), params=params)
+            raise
+        value = summary[sweep.objective]
+        if value is None or not math.isfinite(value):
+            raise SmolError(f"trial {number}: objective {sweep.objective} is {value}")
+        return value
+
+    return run
+
+
+def run_worker(
+    sweep_path: str, overrides: list[str], runs_root: str, url: str, threads: int
+) -> None:
+    """One worker process: optimise until the study holds n_trials finished trials (or timeout)."""
+    import optuna
+    import torch
+    from optuna.study import MaxTrialsCallback
+    from optuna.trial import TrialState
+
+    torch.set_num_threads(threads)
+    sweep = load_sweep(sweep_path, overrides)
+    study = open_study(sweep, url)
+    finished = (TrialState.COMPLETE, TrialState.PRUNED)
+    done = MaxTrialsCallback(sweep.n_trials, states=finished)
+    # Recorded as failed, and the study goes on (TrainingDiverged is a SmolError).
+    # UpdateFinishedTrialError: this worker looked dead (heartbeat past the grace period under
+    # load), another worker failed its trial and queued a retry; this one goes on with the next.
+    catch = (SmolError, torch.OutOfMemoryError, optuna.exceptions.UpdateFinishedTrialError)
+    start = time.monotonic()
+    while sum(t.state in finished for t in study.get_trials(deepcopy=False)) < sweep.n_trials:
+        left = sweep.timeout - (time.monotonic() - start) if sweep.timeout else None
+        if left is not None and left <= 0:
+            return
+        try:
+            study.optimize(
+                objective(sweep, Path(runs_root)), timeout=left, catch=catch, callbacks=[done]
+            )
+        except ValueError as e:  # Optuna's tell on a trial another worker already finished
+            if not str(e).startswith("Cannot tell a"):
+                raise
+            msg = f"sweep worker {os.getpid()}: {e} (another worker took it over); going on"
+            print(msg, file=sys.stderr)
+
+
+def run_sweep(
+    sweep_path: str, overrides: list[str], runs_root: Path, storage: str | None, workers: int
+) -> str:
+    """Run `workers` worker processes on one storage (worker i on GPU i mod n); returns the URL."""
+    sweep = load_sweep(sweep_path, overrides)  # errors before any process starts
+    url = storage_url(sweep.name, runs_root, storage)
+    open_study(sweep, url)  # create the study once, so workers do not race to create it
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    if workers == 1:
+        run_worker(sweep_path, overrides, str(runs_root), url, threads)
+        return url
+    from smollm.runtime import start_workers
+
+    procs = start_workers(
+        run_worker, [(sweep_path, overrides, str(runs_root), url, threads)] * workers
+    )
+    for p in procs:
+        p.join()
+    bad = [p.exitcode for p in procs if p.exitcode]
+    if bad:
+        raise SmolError(
+            f"{len(bad)} of {workers} sweep workers exited with an error (exit codes {bad})"
+        )
+    return url

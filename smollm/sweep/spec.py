@@ -1,0 +1,172 @@
+"""A sweep file: the base experiment, the search space, the objective, sampler, pruner and budget.
+
+    name: default
+    base: {model: {...}, data: {...}, train: {...}}         # an experiment, as for smol train
+    space:                                                  # dotted experiment keys
+      train.lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}
+      train.batch_size: {type: categorical, choices: [8, 16, 32]}
+    objective: val_loss                                     # or val_bpb; minimised
+    sampler: {type: tpe, seed: 0}                           # tpe | random
+    pruner: {type: median, n_startup_trials: 2}             # median | successive_halving | none
+    n_trials: 8
+    timeout: 0                                              # seconds for the whole sweep, 0 = none
+Every field is checked when the file is read, before anything runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from smollm.config import ConfigError, ExperimentConfig
+from smollm.experiment import experiment_schema, merge, nest, read_mapping, to_experiment
+
+SWEEP_KEYS = {"name", "description", "base", "space", "objective", "sampler", "pruner", "n_trials", "timeout", "heartbeat_interval", "grace_period", "max_retry", "enqueue"}  # fmt: skip
+OBJECTIVES = ("val_loss", "val_bpb")
+
+
+@dataclass(frozen=True)
+class Param:
+    key: str  # dotted experiment key, e.g. train.lr
+    kind: str  # float | int | categorical
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    choices: tuple = ()
+
+
+@dataclass(frozen=True)
+class Sweep:
+    name: str
+    base: Any
+    space: tuple[Param, ...]
+    objective: str = "val_loss"
+    sampler: dict = field(default_factory=dict)
+    pruner: dict = field(default_factory=dict)
+    n_trials: int = 8
+    timeout: float = 0.0
+    heartbeat_interval: int = 10
+    grace_period: int = 30
+    max_retry: int = 2
+    enqueue: tuple[dict, ...] = ()
+    description: str = ""
+
+    def experiment(self, params: dict[str, Any], number: int) -> ExperimentConfig:
+        """The trial's experiment: base, then the sampled parameters."""
+        track = {
+            "tracking": {"group": self.name, "name": f"trial-{number:04d}", "job_type": "sweep"}
+        }
+        return to_experiment(merge(self.base, [nest(params), track]))  # typed values, as sampled
+
+
+def make_sampler(spec: dict):
+    """The Optuna sampler a sweep file names (`sampler:`)."""
+    import optuna
+
+    kind = spec.get("type", "tpe")
+    if kind == "tpe":
+        return optuna.samplers.TPESampler(
+            seed=spec.get("seed", 0), n_startup_trials=spec.get("n_startup_trials", 4)
+        )
+    if kind == "random":
+        return optuna.samplers.RandomSampler(seed=spec.get("seed", 0))
+    raise ConfigError(f"sampler {kind!r}: choose tpe or random")
+
+
+def make_pruner(spec: dict):
+    """The Optuna pruner a sweep file names (`pruner:`)."""
+    import optuna
+
+    kind = spec.get("type", "median")
+    if kind == "median":
+        return optuna.pruners.MedianPruner(
+            n_startup_trials=spec.get("n_startup_trials", 2),
+            n_warmup_steps=spec.get("n_warmup_steps", 0),
+        )
+    if kind == "successive_halving":
+        return optuna.pruners.SuccessiveHalvingPruner(
+            min_resource=spec.get("min_resource", "auto"),
+            reduction_factor=spec.get("reduction_factor", 3),
+        )
+    if kind == "none":
+        return optuna.pruners.NopPruner()
+    raise ConfigError(f"pruner {kind!r}: choose median, successive_halving or none")
+
+
+def _param(key: str, spec: Any) -> Param:
+    if not isinstance(spec, dict) or spec.get("type") not in ("float", "int", "categorical"):
+        raise ConfigError(f"space.{key}: give {{type: float|int|categorical, ...}}")
+    if spec["type"] == "categorical":
+        choices = tuple(spec.get("choices") or ())
+        if not choices:
+            raise ConfigError(f"space.{key}: categorical needs a non-empty 'choices' list")
+        return Param(key, "categorical", choices=choices)
+    unknown = set(spec) - {"type", "low", "high", "log"}
+    if unknown or "low" not in spec or "high" not in spec:
+        raise ConfigError(
+            f"space.{key}: {spec['type']} needs low and high (and optional log); got {sorted(spec)}"
+        )
+    low, high, log = float(spec["low"]), float(spec["high"]), bool(spec.get("log", False))
+    if not low < high or (log and low <= 0):
+        raise ConfigError(
+            f"space.{key}: need low < high (and low > 0 with log), got low={low}, high={high}"
+        )
+    return Param(key, spec["type"], low, high, log)
+
+
+def _numbers(path: str | Path, raw: dict[str, Any]) -> dict[str, Any]:
+    """n_trials, timeout, heartbeat_interval, grace_period, max_retry: checked, as numbers."""
+    rules = {  # name: (default, kind, minimum)
+        "n_trials": (8, int, 1), "timeout": (0.0, float, 0), "heartbeat_interval": (10, int, 1),
+        "grace_period": (30, int, 1), "max_retry": (2, int, 0),
+    }  # fmt: skip
+    out = {}
+    for name, (default, kind, minimum) in rules.items():
+        value = raw.get(name, default)
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not ok or (kind is int and value != int(value)) or value < minimum:
+            what = "an integer" if kind is int else "a number"
+            raise ConfigError(f"{path}: {name}={value!r}: must be {what} >= {minimum}")
+        out[name] = kind(value)
+    if out["grace_period"] <= out["heartbeat_interval"]:
+        raise ConfigError(f"{path}: grace_period must exceed heartbeat_interval")
+    return out
+
+
+def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
+    """Read and validate a sweep file; dotlist overrides apply to the base experiment."""
+    raw = read_mapping(path, "sweep", SWEEP_KEYS)
+    space = tuple(_param(k, v) for k, v in (raw.get("space") or {}).items())
+    if not space:
+        raise ConfigError(f"{path}: empty search space")
+    if raw.get("objective", "val_loss") not in OBJECTIVES:
+        raise ConfigError(
+            f"{path}: objective {raw['objective']!r}: choose one of {', '.join(OBJECTIVES)}"
+        )
+    numbers = _numbers(path, raw)
+    enqueue = tuple(raw.get("enqueue") or ())
+    make_sampler(raw.get("sampler") or {}), make_pruner(raw.get("pruner") or {})  # valid names
+    sweep = Sweep(
+        name=str(raw.get("name") or Path(path).stem), base=merge(experiment_schema(), [raw.get("base") or {}, list(overrides or [])]),
+        space=space, objective=raw.get("objective", "val_loss"), sampler=raw.get("sampler") or {}, pruner=raw.get("pruner") or {},
+        enqueue=enqueue, description=str(raw.get("description") or ""), **numbers,
+    )  # fmt: skip
+    # every point of the space must make a valid experiment (unknown keys, impossible batch sizes)
+    corners = {
+        p.key: (
+            p.choices[0] if p.kind == "categorical" else (int(p.low) if p.kind == "int" else p.low)
+        )
+        for p in space
+    }
+    sweep.experiment(corners, 0)
+    for p in space:
+        for c in p.choices:
+            sweep.experiment({**corners, p.key: c}, 0)
+    keys = {p.key for p in space}
+    for point in sweep.enqueue:
+        if not isinstance(point, dict) or not set(point) <= keys:
+            raise ConfigError(
+                f"{path}: enqueue entry {point!r}: a mapping of space keys ({', '.join(sorted(keys))})"
+            )
+    return sweep
