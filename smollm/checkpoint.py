@@ -9,7 +9,6 @@ resumed from nor outrank the checkpoints written after it; pruning keeps the new
 
 from __future__ import annotations
 
-import errno
 import os
 import random
 import re
@@ -21,7 +20,7 @@ import torch
 
 from smollm.config import ExperimentConfig, SmolError
 from smollm.model import SmolLM
-from smollm.rundir import RunDir
+from smollm.rundir import RunDir, disk_full
 
 CKPT_RE = re.compile(r"step-(\d{8})\.pt")
 
@@ -58,13 +57,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _disk_full(e: BaseException) -> bool:
-    """ENOSPC, or torch's zip writer failing part-way (what a full disk looks like through it)."""
-    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
-        return True
-    return isinstance(e, RuntimeError) and "unexpected pos" in str(e)
-
-
 def remove_partial(run_dir: Path | RunDir) -> None:
     """Delete temp files that a killed or failed write left behind."""
     d = RunDir(run_dir).checkpoints if not isinstance(run_dir, RunDir) else run_dir.checkpoints
@@ -86,7 +78,7 @@ def save_checkpoint(run_dir: Path | RunDir, state: dict[str, Any], keep: int) ->
         os.replace(tmp, path)  # readers see the old file set or the new one, never half a file
     except (OSError, RuntimeError) as e:
         tmp.unlink(missing_ok=True)
-        if _disk_full(e):
+        if disk_full(e):
             raise CheckpointError(
                 f"cannot write checkpoint {path}: the disk is full; the previous checkpoints are "
                 "intact: free space and re-run the same command to resume"

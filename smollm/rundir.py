@@ -42,6 +42,26 @@ class RunDirBusy(RunDirError):
     """Another live process holds the run directory."""
 
 
+def disk_full(e: BaseException) -> bool:
+    """ENOSPC/EDQUOT, or torch's zip writer failing part-way (what a full disk looks like there)."""
+    import errno
+
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return isinstance(e, RuntimeError) and "unexpected pos" in str(e)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write via a temp file and rename; a failed write (a full disk) leaves no temp file behind."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def read_json(path: Path) -> Any:
     """A JSON file's contents; a parse error names the file."""
     try:
@@ -52,9 +72,7 @@ def read_json(path: Path) -> Any:
 
 def write_json(path: Path, data: Any) -> None:
     """Write JSON atomically (temp file + rename): readers see the old file or the new one."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    _write_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -87,9 +105,7 @@ def truncate_jsonl(path: Path, max_step: int) -> None:
             break  # a line cut short by a kill
         if isinstance(row, dict) and row.get("step", 0) <= max_step:
             rows.append(line)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text("".join(r + "\n" for r in rows))
-    os.replace(tmp, path)
+    _write_atomic(path, "".join(r + "\n" for r in rows))
 
 
 class RunDir:
@@ -182,7 +198,9 @@ class RunDir:
         """Raise unless this directory holds no run yet or exactly `experiment`."""
         diff = self.experiment_changes(experiment)
         if diff:
-            shown = "; ".join(diff[:10]) + (f"; and {len(diff) - 10} more" if len(diff) > 10 else "")
+            shown = "; ".join(diff[:10]) + (
+                f"; and {len(diff) - 10} more" if len(diff) > 10 else ""
+            )
             raise RunDirError(
                 f"{self.path} holds a different experiment ({shown}); use another run directory, "
                 "or re-run with --replace to discard it and start over"

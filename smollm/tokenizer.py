@@ -6,9 +6,27 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from smollm import assets
+from smollm.config import SmolError
 from smollm.rundir import RunDir
 
 ENDOFTEXT = "<|endoftext|>"  # id 0 in SmolLM2's vocabulary: the document separator
+
+
+class TokenizerError(SmolError):
+    """A tokenizer directory whose files cannot be read."""
+
+
+def from_dir(path: str | Path):
+    """AutoTokenizer from a local directory; an unreadable tokenizer.json is one line naming it."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except Exception as e:  # a truncated or hand-edited tokenizer.json, a bad config
+        raise TokenizerError(
+            f"{Path(path) / 'tokenizer.json'}: cannot be read ({type(e).__name__}: "
+            f"{(str(e).splitlines() or [''])[0]}); delete the directory to rebuild it"
+        ) from None
 
 
 def load_tokenizer(name: str = "smollm2"):
@@ -19,13 +37,13 @@ def load_tokenizer(name: str = "smollm2"):
     from transformers import AutoTokenizer
 
     if name != "smollm2":
-        return AutoTokenizer.from_pretrained(name)
+        return from_dir(name) if Path(name).is_dir() else AutoTokenizer.from_pretrained(name)
     if assets.hub_reachable():
         try:
             return AutoTokenizer.from_pretrained(assets.HUB_MODEL_ID)
         except OSError:
             pass  # reachable but failing (rate limit, proxy): the packaged copy is the same vocabulary
-    return AutoTokenizer.from_pretrained(_converted_gguf_tokenizer())
+    return from_dir(_converted_gguf_tokenizer())
 
 
 def _converted_gguf_tokenizer() -> Path:
@@ -45,13 +63,12 @@ def _converted_gguf_tokenizer() -> Path:
 
 def model_tokenizer(src: str | None):
     """The tokenizer that goes with a model source: a run's or HF dir's own, else SmolLM2's."""
-    from transformers import AutoTokenizer
 
     if src:
         path = Path(src)
         for candidate in (RunDir(path).tokenizer, path):  # a run directory's, or an HF dir's
             if candidate.is_dir() and (candidate / "tokenizer.json").is_file():
-                return AutoTokenizer.from_pretrained(candidate)
+                return from_dir(candidate)
     return load_tokenizer()
 
 

@@ -47,7 +47,7 @@ from smollm.config import (
 from smollm.data import BlockLoader, evaluate, make_loader, prepare
 from smollm.generation import generate
 from smollm.model import SmolLM
-from smollm.rundir import RunDir
+from smollm.rundir import RunDir, RunDirError, disk_full
 from smollm.runtime import (
     Dist,
     Throughput,
@@ -331,6 +331,13 @@ def train(
             return done
         try:
             return _train(exp, run, cache, tok, ddp, device, progress, on_eval)
+        except OSError as e:
+            if not disk_full(e):
+                raise
+            raise RunDirError(
+                f"{run.path}: the disk is full ({e.filename or e.strerror}); what was written before "
+                "is intact: free space and re-run the same command to resume"
+            ) from None
         finally:
             if ddp.world_size > 1 and dist.is_initialized():
                 dist.destroy_process_group()
@@ -437,9 +444,8 @@ def _recorded(run: RunDir, tracker: Tracker | None, exp: ExperimentConfig, s: Se
         yield
     except TrainingDiverged as e:
         if tracker:
-            tracker.finish(
-                "diverged", error=str(e), step=s.step, tokens=s.tokens, config=exp.to_dict()
-            )
+            _best_effort(tracker.finish, "diverged", error=str(e), step=s.step, tokens=s.tokens,
+                         config=exp.to_dict())  # fmt: skip
         raise
     except KeyboardInterrupt:
         if tracker:
@@ -451,9 +457,18 @@ def _recorded(run: RunDir, tracker: Tracker | None, exp: ExperimentConfig, s: Se
         raise
     except BaseException as e:
         if tracker:
-            tracker.finish("failed", error=f"{type(e).__name__}: {e}", step=s.step, tokens=s.tokens,
-                           config=exp.to_dict())  # fmt: skip
+            _best_effort(tracker.finish, "failed", error=f"{type(e).__name__}: {e}", step=s.step,
+                         tokens=s.tokens, config=exp.to_dict())  # fmt: skip
         raise
+
+
+def _best_effort(record, *args, **kwargs) -> None:
+    """Record why a run stopped if the disk allows; never hide the error that stopped it."""
+    try:
+        record(*args, **kwargs)
+    except OSError as e:
+        if not disk_full(e):  # a full disk is what the error itself will say
+            print(f"warning: could not record the run's end ({e})", file=sys.stderr)
 
 
 # ---------------------------------------------------------------------------- run records

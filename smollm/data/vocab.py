@@ -10,7 +10,7 @@ import numpy as np
 
 from smollm import assets
 from smollm.config import SmolError
-from smollm.tokenizer import ENDOFTEXT, load_tokenizer
+from smollm.tokenizer import ENDOFTEXT, from_dir, load_tokenizer
 
 
 def tokenizer_identity(name: str) -> str:
@@ -38,14 +38,13 @@ def corpus_tokenizer(name: str, train_texts: Iterable[str] | None = None, key: s
                 f"unknown tokenizer {name!r}: use smollm2, bpe-<size> (e.g. bpe-8k) or a tokenizer dir"
             )
         return load_tokenizer(name)
-    from transformers import AutoTokenizer
 
     target = assets.cache_root() / "tokenizers" / f"bpe-{size}-{key}"
     if not (target / "tokenizer.json").is_file():
         if train_texts is None:
             raise SmolError(f"tokenizer {name!r} is not trained yet for this corpus")
         _train_bpe(train_texts, size, target)
-    return AutoTokenizer.from_pretrained(target)
+    return from_dir(target)
 
 
 def _train_bpe(texts: Iterable[str], size: int, target: Path) -> None:
