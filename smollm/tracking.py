@@ -48,6 +48,9 @@ class Tracker:
 
         id_file = self.run.wandb_id
         run_id = id_file.read_text().strip() if id_file.is_file() else secrets.token_hex(4)
+        # variant and seed at the top of the config: the dashboard groups an ablation's seeds by
+        # variant (group = the ablation) and draws their band
+        config = {**config, "variant": cfg.variant or None, "seed": config["train"]["seed"]}
         id_file.write_text(run_id)
         run = wandb.init(
             project=cfg.project, entity=cfg.entity or None, group=cfg.group or None, job_type=cfg.job_type,
@@ -55,7 +58,7 @@ class Tracker:
             id=run_id, resume="allow", mode=self.mode, settings=wandb.Settings(silent=True, init_timeout=60),
         )  # fmt: skip
         run.define_metric("tokens")
-        for prefix in ("train/*", "val/*", "perf/*"):
+        for prefix in ("train/*", "val/*", "eval/*", "perf/*"):
             run.define_metric(
                 prefix, step_metric="tokens"
             )  # curves of runs compare at equal tokens

@@ -45,6 +45,7 @@ from smollm.config import (
     flops_per_token,
 )
 from smollm.data import BlockLoader, evaluate, make_loader, prepare
+from smollm.evals import Downstream, metric_row
 from smollm.generation import generate
 from smollm.model import SmolLM
 from smollm.rundir import RunDir, RunDirError, disk_full
@@ -253,22 +254,23 @@ def train_step(net, optimizer, loader, plan: StepPlan, watch: DivergenceWatch, s
     return loss_sum, grad_norm
 
 
-def evaluate_and_sample(
-    raw_model, cache, tok, exp: ExperimentConfig, amp, tracker: Tracker, step: int, tokens: int
-):
-    """Validation loss/ppl/bpb on the fixed split and samples from the fixed prompts, logged."""
+def evaluate_and_sample(s: Session, cache, tok, exp: ExperimentConfig, tracker: Tracker):
+    """Validation loss/ppl/bpb on the fixed split, the downstream tasks (if any) on their fixed
+    items, and samples from the fixed prompts, all logged; (val, task scores)."""
     tc = exp.train
-    val = evaluate(raw_model, cache, exp.data.seq_len, tc.eval_batch_size, tc.eval_blocks, amp)
+    val = evaluate(s.model, cache, exp.data.seq_len, tc.eval_batch_size, tc.eval_blocks, s.plan.amp)
+    scores = s.downstream.scores(s.model, s.plan.amp) if s.downstream else {}
     row = {
-        "step": step,
-        "tokens": tokens,
+        "step": s.step,
+        "tokens": s.tokens,
         "val/loss": round(val.loss, 6),
         "val/ppl": round(val.perplexity, 4),
         "val/bpb": round(val.bits_per_byte, 6),
+        **metric_row(scores),
     }
     tracker.log("metrics", row)
-    tracker.log_samples(step, tokens, sample(raw_model, tok, tc.sample_tokens, tc.seed))
-    return val
+    tracker.log_samples(s.step, s.tokens, sample(s.model, tok, tc.sample_tokens, tc.seed))
+    return val, scores
 
 
 def _data(data: DataConfig, ddp: Dist, progress: bool):
@@ -356,6 +358,7 @@ class Session:
     step: int
     tokens: int
     max_steps: int
+    downstream: Downstream | None  # the tasks scored at each evaluation, if any
 
     def state(self, exp: ExperimentConfig) -> dict[str, Any]:
         """The checkpoint of this moment: enough to continue bit for bit."""
@@ -382,7 +385,10 @@ def _build(
                     list(model.parameters()))  # fmt: skip
     watch = DivergenceWatch(optimizer, device, run.path)
     net = _wrap(model, tc, ddp, device)
-    return Session(model, net, optimizer, loader, plan, watch, step, tokens, max_steps)
+    downstream = (
+        Downstream(tc.eval_tasks, tc.eval_limit, tok) if tc.eval_tasks and ddp.main else None
+    )
+    return Session(model, net, optimizer, loader, plan, watch, step, tokens, max_steps, downstream)
 
 
 def _train(exp, run: RunDir, cache, tok, ddp: Dist, device, progress, on_eval) -> dict[str, Any]:
@@ -394,7 +400,7 @@ def _train(exp, run: RunDir, cache, tok, ddp: Dist, device, progress, on_eval) -
     meter = Throughput(s.tokens, flops_per_token(exp.model, exp.data.seq_len), peak, device)
     bar = tqdm(total=s.max_steps, initial=s.step, desc=run.name, unit="step",
                disable=not (progress and ddp.main))  # fmt: skip
-    val = None
+    val, scores = None, {}
     with _recorded(run, tracker, exp, s), contextlib.closing(bar):
         while s.step < s.max_steps:
             lr = lr_at(s.step, tc, s.max_steps)
@@ -412,7 +418,7 @@ def _train(exp, run: RunDir, cache, tok, ddp: Dist, device, progress, on_eval) -
             if tracker and log:
                 _log(tracker, meter, bar, s, loss.item(), norm.item(), lr)  # the only host syncs
             if tracker and ev:
-                val = evaluate_and_sample(s.model, cache, tok, exp, amp, tracker, s.step, s.tokens)
+                val, scores = evaluate_and_sample(s, cache, tok, exp, tracker)
                 meter.restart()
                 if on_eval is not None:
                     on_eval(s.step, val.loss)
@@ -422,7 +428,9 @@ def _train(exp, run: RunDir, cache, tok, ddp: Dist, device, progress, on_eval) -
         return {"status": "finished", "step": s.step, "tokens": s.tokens}
     if val is None:  # resumed from the final checkpoint: its evaluation is due (not logged again)
         val = evaluate(s.model, cache, exp.data.seq_len, tc.eval_batch_size, tc.eval_blocks, amp)
-    return tracker.finish("finished", **_summary(run, exp, s.model, s.step, s.tokens, val))
+        scores = s.downstream.scores(s.model, amp) if s.downstream else {}
+    summary = _summary(run, exp, s.model, s.step, s.tokens, val)
+    return tracker.finish("finished", **summary, **({"eval": scores} if scores else {}))
 
 
 def _log(

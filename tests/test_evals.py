@@ -1,0 +1,179 @@
+"""Downstream evals: lm-evaluation-harness's formats and scoring, batched, and in training."""
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from smollm import ModelConfig, SmolLM, evals
+from smollm.evals import Item, encode_pair, load_items, pack, pack_alone, score_one, score_packed
+
+from .conftest import make_docs, smol, write_jsonl
+
+
+def tiny_model(max_seq_len: int = 512, **kw) -> SmolLM:
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=49152, dim=32, n_layers=2, n_heads=4, n_kv_heads=2,
+                      intermediate_size=64, max_seq_len=max_seq_len, **kw)  # fmt: skip
+    return SmolLM(cfg).eval()
+
+
+def test_prompt_formats_are_lm_evaluation_harness_s():
+    """The first item of each task, as lm-eval 0.4 builds its requests."""
+    first = {t: load_items(t, 1)[0] for t in evals.TASKS}
+    assert first["arc_easy"].requests()[0] == (
+        "Question: Which technology was developed most recently?\nAnswer:",
+        " cellular telephone",
+    )
+    assert first["hellaswag"].requests()[3] == (
+        "Roof shingle removal: A man is sitting on a roof. He", " starts pulling up roofing on a roof.")  # fmt: skip
+    assert first["hellaswag"].gold == 3
+    assert (
+        first["piqa"].requests()[0][0]
+        == "Question: How do I ready a guinea pig cage for it's new occupants?\nAnswer:"
+    )
+    wino = first["winogrande"].requests()
+    assert wino == [("Sarah was a much better surgeon than Maria so Sarah", " always got the easier cases."),
+                    ("Sarah was a much better surgeon than Maria so Maria", " always got the easier cases.")]  # fmt: skip
+    assert first["winogrande"].gold == 1
+    assert first["sciq"].gold == 3 and first["sciq"].requests()[3][1] == " darwin"
+    csqa = first["csqa"].requests()
+    assert csqa[0][0].startswith("Question: A revolving door") and csqa[0][0].endswith(
+        "\nE. new york\nAnswer:"
+    )
+    assert [c for _, c in csqa] == [" A", " B", " C", " D", " E"] and first["csqa"].gold == 0
+    assert first["openbookqa"].requests()[0][1] == " Deep sea animals"
+
+
+def test_each_answer_scores_the_sum_of_its_token_log_probabilities(tokenizer):
+    model = tiny_model()
+    item = Item(("The capital of France is",), (" Paris", " a big city", " London"), 0, (5, 10, 6))
+    requests = [encode_pair(tokenizer, c, x) for c, x in item.requests()]
+    got = score_packed(model, [pack(requests)])[0]
+    for answer, (ctx, cont) in enumerate(requests):
+        full = torch.tensor([ctx + cont])
+        with torch.no_grad():
+            logp = torch.log_softmax(model(full).double(), -1)[0]  # by hand: every position
+        want = sum(logp[len(ctx) - 1 + k, cont[k]].item() for k in range(len(cont)))
+        assert got[answer] == pytest.approx(want, abs=2e-4)
+        assert score_one(model, ctx, cont) == pytest.approx(want, abs=2e-4)
+
+
+def test_batched_shared_context_scoring_equals_one_at_a_time(tokenizer):
+    """Several items of every task, packed and batched with padding, vs one request at a time;
+    also a model too short for the packed items (answers alone, cut on the left)."""
+    items = [it for t in evals.TASKS for it in load_items(t, 2)]
+    for model in (tiny_model(), tiny_model(max_seq_len=48, pos_embedding="learned")):
+        packs = [p for _, p in evals._packs(items, tokenizer, model.config.max_seq_len)]
+        got = score_packed(model, packs)
+        flat = {}
+        for (i, _), sums in zip(
+            evals._packs(items, tokenizer, model.config.max_seq_len), got, strict=True
+        ):
+            for a, v in sums.items():
+                flat[(i, a)] = v
+        for i, item in enumerate(items):
+            for a, (ctx, cont) in enumerate(
+                encode_pair(tokenizer, c, x) for c, x in item.requests()
+            ):
+                if len(ctx) + len(cont) - 1 > model.config.max_seq_len:  # lm-eval: cut on the left
+                    p = pack_alone(a, ctx, cont, model.config.max_seq_len)
+                    ctx, cont = p.tokens[: len(p.tokens) - len(cont) + 1], cont
+                assert flat[(i, a)] == pytest.approx(score_one(model, ctx, cont), abs=5e-4), (i, a)
+
+
+def test_the_packaged_smollm2_scores_above_chance(real_model, tokenizer):
+    for task, n in (("hellaswag", 100), ("arc_easy", 150), ("piqa", 150)):
+        r = evals.run_task(real_model, tokenizer, task, load_items(task, n), batch_size=16)
+        assert r.items == n
+        assert r.acc_norm - r.acc_norm_ci95 > evals.TASKS[task].chance, r  # clearly above chance
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--tasks", "hellaswag,mmlu"], "unknown eval task 'mmlu'"),
+        (["--limit", "0"], "--limit 0: must be >= 1"),
+        (["--data-dir", "/nonexistent"], "eval data directory '/nonexistent' does not exist"),
+        (["--model", "/nonexistent/model"], "no such file or directory"),
+    ],
+)
+def test_bad_eval_input_is_one_line(tmp_path, args, message):
+    proc = smol("eval", "--tasks", "arc_easy", "--limit", "2", *args, cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    missing = smol("eval", "--tasks", "piqa", "--data-dir", str(empty), cwd=tmp_path)
+    assert missing.returncode == 2 and "piqa: no arrow files in" in missing.stderr
+
+
+def test_smol_eval_writes_a_table_and_json(tmp_path):
+    proc = smol(
+        "eval", "--tasks", "arc_easy,winogrande", "--limit", "8", "--out", "e.json", cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "| arc_easy |" in proc.stdout and "| winogrande |" in proc.stdout
+    report = json.loads((tmp_path / "e.json").read_text())
+    assert (
+        report["tasks"]["arc_easy"]["items"] == 8
+        and report["tasks"]["winogrande"]["acc_norm"] is None
+    )
+    assert report["parameters"] == 134_515_008
+
+
+TINY = [
+    "model.dim=32", "model.n_layers=1", "model.n_heads=2", "model.n_kv_heads=1", "model.intermediate_size=64",
+    "model.max_seq_len=64", "data.seq_len=16", "data.tokenizer=bpe-512", "data.val_fraction=0.1",
+    "train.batch_size=4", "train.max_steps=8", "train.eval_every=4", "train.ckpt_every=4", "train.log_every=1",
+    "train.eval_blocks=2", "train.sample_tokens=2", "tracking.mode=disabled",
+    "train.eval_tasks=[arc_easy,winogrande]", "train.eval_limit=6",
+]  # fmt: skip
+
+
+def test_training_scores_the_tasks_at_each_evaluation_and_resumes_bitwise(tmp_path):
+    from smollm.checkpoint import load_latest
+    from smollm.rundir import RunDir
+
+    corpus = write_jsonl(tmp_path / "c.jsonl", make_docs(120))
+    args = [*TINY, f"data.corpus={corpus}"]
+    whole = smol("train", *args, "--run-dir", "A", "--quiet", cwd=tmp_path)
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    rows = [r for r in RunDir(tmp_path / "A").rows("metrics") if "val/loss" in r]
+    assert [r["step"] for r in rows] == [4, 8]
+    assert all("eval/arc_easy/acc_norm" in r and "eval/winogrande/acc" in r for r in rows)
+    summary = RunDir(tmp_path / "A").read_summary()
+    assert summary["eval"]["arc_easy"]["items"] == 6 and set(summary["eval"]) == {
+        "arc_easy",
+        "winogrande",
+    }
+    # a run killed right after its step-4 checkpoint, then resumed
+    shutil.copytree(tmp_path / "A", tmp_path / "B")
+    (tmp_path / "B" / "checkpoints" / "step-00000008.pt").unlink()
+    RunDir(tmp_path / "B").write_summary("running", step=4)
+    resumed = smol("train", *args, "--run-dir", "B", "--quiet", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert (tmp_path / "B" / "metrics.jsonl").read_text() == (
+        tmp_path / "A" / "metrics.jsonl"
+    ).read_text()
+    a, b = (
+        load_latest(RunDir(tmp_path / "A"))[0]["model"],
+        load_latest(RunDir(tmp_path / "B"))[0]["model"],
+    )
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_eval_tasks_are_checked_before_training(tmp_path):
+    corpus = write_jsonl(tmp_path / "c.jsonl", make_docs(60))
+    proc = smol(
+        "train",
+        *TINY,
+        f"data.corpus={corpus}",
+        "train.eval_tasks=[hellaswagg]",
+        "--run-dir",
+        "R",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 2 and "unknown eval task 'hellaswagg'" in proc.stderr
+    assert not list((tmp_path / "R").glob("checkpoints/*.pt"))
