@@ -445,11 +445,11 @@ def report(
     results: Sequence[TaskResult], model_name: str, limit: int | None, model
 ) -> dict[str, Any]:
     """The JSON record of an eval: what, on what, where, and the numbers."""
-    from smollm.rundir import git_info
-    from smollm.runtime import machine
-
     import sys
     import time
+
+    from smollm.rundir import git_info
+    from smollm.runtime import machine
 
     param, git = next(model.parameters()), git_info()
     return {
