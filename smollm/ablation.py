@@ -31,9 +31,11 @@ from smollm.config import (
     experiment_identity,
 )
 from smollm.experiment import experiment_schema, merge, nest, read_mapping, to_experiment
-from smollm.rundir import AblationDir, RunDir, RunDirBusy, RunDirError, write_json
+from smollm.rundir import AblationDir, RunDir, RunDirBusy, RunDirError, read_json, write_json
 
-ABLATION_KEYS = {"name", "base", "variants", "seeds", "baseline", "reference", "description", "from_sweep"}  # fmt: skip
+ABLATION_KEYS = {"name", "base", "variants", "seeds", "baseline", "reference", "description", "from_sweep", "tune"}  # fmt: skip
+TUNE_KEYS = {"space", "n_trials", "seeds", "objective", "sampler", "pruner", "overrides", "timeout",
+             "heartbeat_interval", "grace_period", "max_retry", "enqueue"}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -54,14 +56,34 @@ class Ablation:
     description: str = ""
     raw: dict = field(default_factory=dict)
     source: tuple[str, tuple[str, ...]] = ("", ())  # (file, overrides): how a worker reloads it
+    tune: dict | None = None  # `tune:` of the file: a per-variant search (see tune_sweep)
 
-    def experiment(self, variant: Variant, seed: int) -> ExperimentConfig:
-        """The experiment of one run: preset, then the base's overrides, then the variant's."""
+    def experiment(
+        self, variant: Variant, seed: int, tuned: dict[str, Any] | None = None
+    ) -> ExperimentConfig:
+        """The experiment of one run: preset, the base's overrides, the variant's, its tuned values."""
         tracking = {"group": self.name, "name": f"{variant.name}-s{seed}", "job_type": "ablation",
-                    "tags": [variant.name]}  # fmt: skip
+                    "tags": [variant.name], "variant": variant.name}  # fmt: skip
         layers = [{"model": {"preset": variant.preset}, "train": {"seed": seed}},
-                  list(variant.overrides), {"tracking": tracking}]  # fmt: skip
+                  list(variant.overrides), nest(tuned or {}), {"tracking": tracking}]  # fmt: skip
         return to_experiment(merge(self.base, layers))
+
+    def tune_sweep(self, variant: Variant):
+        """The variant's own search (`tune:`): its experiment, the space, tuning's overrides."""
+        from smollm.sweep import sweep_from_mapping
+
+        tracking = {
+            "group": f"{self.name}-tune",
+            "tags": [variant.name],
+            "job_type": "tune",
+            "variant": variant.name,
+        }
+        layers = [{"model": {"preset": variant.preset}}, list(variant.overrides),
+                  list(self.tune.get("overrides") or []), {"tracking": tracking}]  # fmt: skip
+        spec = {k: v for k, v in self.tune.items() if k != "overrides"}
+        return sweep_from_mapping(
+            spec, f"{self.name}-{variant.name}", merge(self.base, layers), f"{self.source[0]}: tune"
+        )
 
     def jobs(self) -> list[tuple[Variant, int]]:
         """Every (variant, seed), variant by variant."""
@@ -113,8 +135,11 @@ def load_ablation(path: str | Path, overrides: list[str] | None = None) -> Ablat
         name=str(raw.get("name") or Path(path).stem), base=base, variants=variants,
         seeds=tuple(seeds), baseline=str(raw.get("baseline") or names[0]),
         reference=bool(raw.get("reference", True)), description=str(raw.get("description") or ""), raw=raw,
-        source=(str(path), tuple(overrides or ())),
+        source=(str(path), tuple(overrides or ())), tune=_tune_spec(raw.get("tune"), path),
     )  # fmt: skip
+    if ablation.tune:
+        for v in variants:  # every variant's search is valid before anything runs
+            ablation.tune_sweep(v)
     seen: dict[str, str] = {}
     for v in variants:  # every run's config is valid and distinct before anything starts
         identity = experiment_identity(ablation.experiment(v, ablation.seeds[0]).to_dict())
@@ -128,6 +153,45 @@ def load_ablation(path: str | Path, overrides: list[str] | None = None) -> Ablat
             f"{path}: baseline {ablation.baseline!r} is not a variant ({', '.join(names)})"
         )
     return ablation
+
+
+def _tune_spec(spec: Any, path: str | Path) -> dict[str, Any] | None:
+    if spec is None:
+        return None
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{path}: tune: a mapping of {', '.join(sorted(TUNE_KEYS))}")
+    unknown = set(spec) - TUNE_KEYS
+    if unknown:
+        raise ConfigError(
+            f"{path}: unknown tune key(s) {', '.join(sorted(unknown))}; valid: {', '.join(sorted(TUNE_KEYS))}"
+        )
+    if not isinstance(spec.get("overrides") or [], list):
+        raise ConfigError(f"{path}: tune.overrides: a list of key=value")
+    return spec
+
+
+def tune(ablation: Ablation, root: AblationDir, progress: bool = True) -> dict[str, dict[str, Any]]:
+    """Each variant's own search (resumable: the studies live in runs/<ablation>/tune/study.db);
+    variant -> {params, value, trials, study}, also written to runs/<ablation>/tuned.json."""
+    from optuna.trial import TrialState
+
+    from smollm.sweep import load_study, optimize
+
+    url = f"sqlite:///{(root.tune / 'study.db').resolve()}"
+    root.tune.mkdir(parents=True, exist_ok=True)
+    out = {}
+    for variant in ablation.variants:
+        sweep = ablation.tune_sweep(variant)
+        print(f"[tune {variant.name}] {sweep.n_trials} trials", file=sys.stderr, flush=True)
+        optimize(sweep, url, root.tune)
+        study = load_study(sweep.name, url)
+        done = [t for t in study.trials if t.state == TrialState.COMPLETE]
+        if not done:
+            raise SmolError(f"tuning {variant.name}: no trial completed")
+        out[variant.name] = {"params": dict(study.best_params), "value": study.best_value,
+                             "trials": len(done), "study": sweep.name}  # fmt: skip
+    write_json(root.tuned, out)
+    return out
 
 
 def run_ablation(
@@ -147,6 +211,8 @@ def run_ablation(
             "command": " ".join(["smol", *sys.argv[1:]]), "machine": machine(),
             "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
         })  # fmt: skip
+    if ablation.tune:
+        tune(ablation, root, progress)
     n = len(ablation.jobs())
     if workers > 1 and n > 1:
         outcomes = _run_parallel(ablation, root, n, workers)
@@ -165,10 +231,10 @@ def _run_one(ablation: Ablation, root: AblationDir, index: int, progress: bool) 
     variant, seed = jobs[index]
     run = root.run(variant.name, seed)
     print(f"[{index + 1}/{len(jobs)}] {run.name}", file=sys.stderr, flush=True)
+    tuned = (read_json(root.tuned) if root.tuned.is_file() else {}).get(variant.name, {})
     try:
-        summary = train(
-            ablation.experiment(variant, seed), run.path, progress, replace="if-changed"
-        )
+        exp = ablation.experiment(variant, seed, tuned.get("params"))
+        summary = train(exp, run.path, progress, replace="if-changed")
     except RunDirBusy as e:  # another process owns this run: its records are not ours to write
         summary = {"status": "busy", "error": str(e)}
     except (SmolError, RuntimeError, ValueError, OSError) as e:  # recorded, the ladder goes on
@@ -268,7 +334,12 @@ def evaluate_reference(ablation: Ablation, root: AblationDir, progress: bool) ->
     )  # same documents, SmolLM2's tokenizer
     cache, _ = prepare(data, progress=progress)
     model = load_pretrained(str(assets.packaged_gguf()))
-    n_blocks = max(1, exp.train.eval_blocks * exp.data.seq_len // data.seq_len)
+    # the same text as the runs' evaluations: all of it, or as many SmolLM2-tokenised blocks
+    n_blocks = (
+        max(1, exp.train.eval_blocks * exp.data.seq_len // data.seq_len)
+        if exp.train.eval_blocks
+        else None
+    )
     result = evaluate(model, cache, data.seq_len, batch_size=4, max_blocks=n_blocks)
     return ref.write_summary(
         "finished", variant="SmolLM2-135M-Instruct (pretrained, Q4_1 GGUF)", tokenizer="smollm2",

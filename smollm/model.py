@@ -9,6 +9,7 @@ so a SmolLM2 checkpoint loads key for key. Parts that only other variants have g
 from __future__ import annotations
 
 import math
+import zlib
 
 import torch
 import torch.nn.functional as F
@@ -245,23 +246,38 @@ class SmolLM(nn.Module):
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
+        # drawn before any submodule exists (their default init draws from the same RNG)
+        self._init_seed = int(torch.randint(0, 2**62, (1,), device="cpu").item())
         self.config = config
         self.model = Backbone(config)
         self.lm_head = Linear(config.dim, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
-        self.apply(self._init_weights)
+        self._init_weights()
 
-    def _init_weights(self, module: nn.Module) -> None:
-        std = self.config.init_std
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, 0.0, std)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            nn.init.zeros_(module.bias)
-        if isinstance(module, DecoderLayer):
-            # GPT-2: projections that write into the residual stream start smaller, 1/sqrt(2 * n_layers).
-            for proj in (module.self_attn.o_proj, module.mlp.down_proj):
-                nn.init.normal_(proj.weight, 0.0, std / math.sqrt(2 * self.config.n_layers))
+    def _init_weights(self) -> None:
+        """N(0, init_std) weights, the residual-stream projections smaller (GPT-2: 1/sqrt(2 * n_layers)),
+        zero biases, unit norms.
+
+        Each weight draws from its own generator, seeded by one draw from torch's global RNG and the
+        weight's name: `torch.manual_seed(s)` still fixes the model, and variants that share a weight
+        (same name and shape) start from the same values, so a paired comparison of two variants
+        sees the architecture, not a different initialisation.
+        """
+        std, done, seed = self.config.init_std, set(), self._init_seed
+        residual = (".self_attn.o_proj", ".mlp.down_proj")
+        for name, module in self.named_modules():
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                nn.init.zeros_(module.bias)
+            if not isinstance(module, (nn.Linear, nn.Embedding)) or id(module.weight) in done:
+                continue
+            done.add(id(module.weight))  # a tied lm_head is the embedding, initialised once
+            scale = 1 / math.sqrt(2 * self.config.n_layers) if name.endswith(residual) else 1.0
+            if module.weight.is_meta:
+                continue
+            g = torch.Generator().manual_seed(seed ^ zlib.crc32(name.encode()))
+            with torch.no_grad():
+                module.weight.normal_(0.0, std * scale, generator=g)
 
     def forward(
         self,

@@ -37,9 +37,11 @@ def _run_record(run: RunDir) -> dict[str, Any]:
     """A run's summary and validation curve; a missing or unreadable run says so, never crashes."""
     try:
         summary = run.read_summary() or {"status": "missing"}
-        curve = [(r["tokens"], r["val/loss"]) for r in run.rows("metrics") if "val/loss" in r]
+        rows = run.rows("metrics")
+        curve = [(r["tokens"], r["val/loss"]) for r in rows if "val/loss" in r]
+        train = [(r["tokens"], r["train/loss"]) for r in rows if "train/loss" in r]
     except (RunDirError, KeyError) as e:
-        return {"summary": {"status": "unreadable", "error": str(e)}, "curve": []}
+        return {"summary": {"status": "unreadable", "error": str(e)}, "curve": [], "train": []}
     needed = ("val_loss", "val_bpb", "tokens")
     if summary["status"] == "finished" and not all(
         isinstance(summary.get(k), (int, float)) for k in needed
@@ -48,7 +50,7 @@ def _run_record(run: RunDir) -> dict[str, Any]:
             "status": "unreadable",
             "error": f"{run.summary_path}: lacks {', '.join(needed)}",
         }
-    return {"summary": summary, "curve": curve}
+    return {"summary": summary, "curve": curve, "train": train}
 
 
 def load_runs(root: AblationDir) -> dict[str, dict[int, dict[str, Any]]]:
@@ -70,30 +72,92 @@ def _fmt(m: float, ci: float | None, digits: int = 4) -> str:
     return f"{m:.{digits}f}" + (f" ± {ci:.{digits}f}" if ci is not None else "")
 
 
+def paired_test(deltas: list[float]) -> tuple[float, float | None, float | None, float | None]:
+    """Paired differences -> (mean, sd, 95% CI half-width, two-sided p of a one-sample t test)."""
+    from scipy import stats
+
+    if not deltas:
+        return math.nan, None, None, None
+    mean = statistics.fmean(deltas)
+    if len(deltas) < 2:
+        return mean, None, None, None
+    sd = statistics.stdev(deltas)
+    half = float(stats.t.ppf(0.975, len(deltas) - 1)) * sd / math.sqrt(len(deltas))
+    if sd == 0:
+        return mean, sd, half, (1.0 if mean == 0 else 0.0)
+    p = float(2 * stats.t.sf(abs(mean) / (sd / math.sqrt(len(deltas))), len(deltas) - 1))
+    return mean, sd, half, p
+
+
+def holm(pvalues: dict[str, float | None]) -> dict[str, float | None]:
+    """Holm-Bonferroni adjusted p-values (family-wise error over the tests given)."""
+    tested = sorted((p, k) for k, p in pvalues.items() if p is not None)
+    m, running, out = len(tested), 0.0, dict.fromkeys(pvalues)
+    for i, (p, k) in enumerate(tested):
+        running = max(running, min(1.0, (m - i) * p))
+        out[k] = running
+    return out
+
+
+def min_detectable(sd: float, n: int, power: float = 0.8, alpha: float = 0.05) -> float:
+    """Smallest true paired difference a two-sided t test at `alpha` finds with `power`, n pairs."""
+    from scipy import stats
+
+    df = n - 1
+    return (
+        (float(stats.t.ppf(1 - alpha / 2, df)) + float(stats.t.ppf(power, df))) * sd / math.sqrt(n)
+    )
+
+
 def summary_rows(runs: dict[str, dict[int, dict[str, Any]]], baseline: str) -> list[dict[str, Any]]:
-    """One row per variant: sizes, throughput, final val loss/bpb and the paired delta to the baseline."""
-    base = {
-        s: r["summary"]
-        for s, r in runs.get(baseline, {}).items()
-        if r["summary"].get("status") == "finished"
-    }
+    """One row per variant: sizes, throughput, learning rate, final val loss/bpb with their
+    seed-to-seed sd, the paired difference from the baseline (CI, p, Holm-adjusted p, resolved)
+    and the downstream tasks' scores (mean ± CI over seeds)."""
+    ok_of = {name: {s: r["summary"] for s, r in seeds.items() if r["summary"].get("status") == "finished"}
+             for name, seeds in runs.items()}  # fmt: skip
+    base = ok_of.get(baseline, {})
+    tasks = sorted({t for ok in ok_of.values() for s in ok.values() for t in (s.get("eval") or {})})
     rows = []
     for name, seeds in runs.items():
-        ok = {s: r["summary"] for s, r in seeds.items() if r["summary"].get("status") == "finished"}
+        ok = ok_of[name]
         first = next(iter(ok.values()), {})
-        loss = mean_ci([s["val_loss"] for s in ok.values()])
-        bpb = mean_ci([s["val_bpb"] for s in ok.values()])
-        paired = [ok[s]["val_bpb"] - base[s]["val_bpb"] for s in ok if s in base]
-        delta = mean_ci(paired) if name != baseline else (0.0, None)
+        bpbs = [s["val_bpb"] for s in ok.values()]
+        loss, bpb = mean_ci([s["val_loss"] for s in ok.values()]), mean_ci(bpbs)
+        test = (
+            paired_test([ok[s]["val_bpb"] - base[s]["val_bpb"] for s in ok if s in base])
+            if name != baseline
+            else (0.0, None, None, None)
+        )
         rows.append({
             "variant": name, "seeds": f"{len(ok)}/{len(seeds)}", "parameters": first.get("parameters"),
             "non_embedding_parameters": first.get("non_embedding_parameters"), "flops_per_token": first.get("flops_per_token"),
             "tokens": first.get("tokens"), "tokens_per_s": round(statistics.fmean([s["tokens_per_s"] for s in ok.values() if s.get("tokens_per_s")]), 0) if ok else None,
+            "lr": first.get("config", {}).get("train", {}).get("lr"), "lr_source": first.get("lr_source", ""),
             "val_loss": loss[0], "val_loss_ci95": loss[1], "val_bpb": bpb[0], "val_bpb_ci95": bpb[1],
-            "delta_bpb_vs_baseline": delta[0], "delta_bpb_ci95": delta[1],
+            "val_bpb_sd": statistics.stdev(bpbs) if len(bpbs) > 1 else None,
+            "delta_bpb_vs_baseline": test[0], "delta_bpb_sd": test[1], "delta_bpb_ci95": test[2], "delta_bpb_p": test[3],
+            **_task_columns(ok, tasks),
             "failed": "; ".join(f"s{s}: {r['summary'].get('status')}" for s, r in seeds.items() if r["summary"].get("status") != "finished"),
         })  # fmt: skip
+    adjusted = holm({r["variant"]: r["delta_bpb_p"] for r in rows if r["variant"] != baseline})
+    for r in rows:
+        r["delta_bpb_p_holm"] = adjusted.get(r["variant"])
+        r["resolved"] = r["delta_bpb_p_holm"] is not None and r["delta_bpb_p_holm"] < 0.05
     return rows
+
+
+def _task_columns(ok: dict[int, dict[str, Any]], tasks: list[str]) -> dict[str, Any]:
+    """<task>_<metric> (mean over seeds) and its 95% CI, <task>_items."""
+    from smollm.evals import headline
+
+    out: dict[str, Any] = {}
+    for task in tasks:
+        metric = headline(task)
+        scores = [s["eval"][task] for s in ok.values() if task in (s.get("eval") or {})]
+        m, ci = mean_ci([sc[metric] for sc in scores])
+        out[f"{task}_{metric}"], out[f"{task}_{metric}_ci95"] = m, ci
+        out[f"{task}_items"] = scores[0]["items"] if scores else None
+    return out
 
 
 def write_csv(rows: list[dict[str, Any]], path: Path, digits: int | None = 6) -> None:
@@ -109,40 +173,110 @@ def write_csv(rows: list[dict[str, Any]], path: Path, digits: int | None = 6) ->
     path.write_text(buf.getvalue())
 
 
+def _pct(m: float | None, ci: float | None) -> str:
+    if m is None or math.isnan(m):
+        return "—"
+    return f"{100 * m:.1f}" + (f" ± {100 * ci:.1f}" if ci is not None else "")
+
+
+def _p(p: float | None) -> str:
+    return "—" if p is None else ("<0.001" if p < 0.001 else f"{p:.3f}")
+
+
 def write_markdown(
     rows: list[dict[str, Any]], reference: dict | None, meta: dict[str, Any], path: Path
 ) -> None:
-    lines = [
-        f"# Ablation `{meta['name']}`",
-        "",
-        meta.get("description", "").strip(),
-        "",
-        f"**Provenance.** {meta['provenance']}",
-        "",
-    ]
+    """summary.md: provenance, the table, what it resolves, the power, the figures."""
+    from smollm.evals import headline
+
+    tasks = sorted({k[: -len("_items")] for r in rows for k in r if k.endswith("_items")})
+    num = lambda v: f"{v:,.0f}" if isinstance(v, (int, float)) else "—"  # noqa: E731
+    lines = [f"# Ablation `{meta['name']}`", "", meta.get("description", "").strip(), "",
+             f"**Provenance.** {meta['provenance']}", ""]  # fmt: skip
     lines += [
-        f"Final validation loss and bits per byte: mean ± 95% CI (t) over seeds; Δ bpb is the paired difference from `{meta['baseline']}` (same seed). Lower is better.",
+        f"Final validation loss and bits per byte: mean over seeds, ± 95% CI (Student t) and the seed-to-seed sd; Δ bpb is the paired difference from `{meta['baseline']}` (same seed, same data order), ± its 95% CI; p is a paired two-sided t test, Holm-adjusted across the {len(rows) - 1} comparisons; ✓ marks Δs resolved at family-wise α = 0.05. Lower is better."
+        + (f" Downstream tasks: zero-shot {', '.join(f'{t} {headline(t)}' for t in tasks)} in %, mean ± 95% CI over seeds." if tasks else ""),
         "",
-        "| variant | seeds | params | non-emb params | FLOPs/token | tokens | tokens/s | val loss | val bits/byte | Δ bpb vs baseline |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
+        "| variant | seeds | params | FLOPs/token | tokens | tokens/s | lr | val loss | val bits/byte (sd) | Δ bpb vs baseline | p (Holm) | resolved |"
+        + "".join(f" {t} ({rows[0].get(f'{t}_items') or '—'} items) |" for t in tasks),
+        "|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|:-:|" + "---:|" * len(tasks),
+    ]  # fmt: skip
     for r in rows:
-        num = lambda v: f"{v:,.0f}" if isinstance(v, (int, float)) else "—"  # noqa: E731
-        delta = (
-            "baseline"
-            if r["variant"] == meta["baseline"]
-            else _fmt(r["delta_bpb_vs_baseline"], r["delta_bpb_ci95"])
+        is_base = r["variant"] == meta["baseline"]
+        delta = "baseline" if is_base else _fmt(r["delta_bpb_vs_baseline"], r["delta_bpb_ci95"])
+        sd = f" ({r['val_bpb_sd']:.4f})" if r["val_bpb_sd"] is not None else ""
+        lr = (
+            f"{r['lr']:.4g}" + (f" ({r['lr_source']})" if r["lr_source"] else "")
+            if r["lr"]
+            else "—"
         )
         fail = f" ({r['failed']})" if r["failed"] else ""
-        lines.append(
-            f"| {r['variant']}{fail} | {r['seeds']} | {num(r['parameters'])} | {num(r['non_embedding_parameters'])} | {num(r['flops_per_token'])} | {num(r['tokens'])} | {num(r['tokens_per_s'])} | {_fmt(r['val_loss'], r['val_loss_ci95'])} | {_fmt(r['val_bpb'], r['val_bpb_ci95'])} | {delta} |"
+        mark = "" if is_base else ("✓" if r["resolved"] else "")
+        cells = "".join(
+            f" {_pct(r.get(f'{t}_{headline(t)}'), r.get(f'{t}_{headline(t)}_ci95'))} |"
+            for t in tasks
         )
+        lines.append(f"| {r['variant']}{fail} | {r['seeds']} | {num(r['parameters'])} | {num(r['flops_per_token'])} | {num(r['tokens'])} | "
+                     f"{num(r['tokens_per_s'])} | {lr} | {_fmt(r['val_loss'], r['val_loss_ci95'])} | {_fmt(r['val_bpb'], r['val_bpb_ci95'])}{sd} | "
+                     f"{delta} | {'—' if is_base else _p(r['delta_bpb_p_holm'])} | {mark} |{cells}")  # fmt: skip
     if reference:
-        lines.append(
-            f"| *reference: {reference['variant']}* | — | {reference['parameters']:,} | {reference['non_embedding_parameters']:,} | — | (pretrained) | — | {reference['val_loss']:.4f} (SmolLM2 tokenizer) | {reference['val_bpb']:.4f} | — |"
+        ref_cells = "".join(
+            f" {_pct((reference.get('eval') or {}).get(t, {}).get(headline(t)), None)} |"
+            for t in tasks
         )
-    lines += ["", "![validation loss](loss_curves.png)", ""]
+        lines.append(f"| *reference: {reference['variant']}* | — | {reference['parameters']:,} | — | (pretrained) | — | — | "
+                     f"{reference['val_loss']:.4f} (SmolLM2 tokenizer) | {reference['val_bpb']:.4f} | — | — | |{ref_cells}")  # fmt: skip
+    lines += ["", *_verdict(rows, meta["baseline"]), "", *meta.get("notes", []),
+              "![validation loss](loss_curves.png) ![paired differences](forest.png)", ""]  # fmt: skip
     path.write_text("\n".join(lines))
+
+
+def _said(r: dict[str, Any]) -> str:
+    return f"`{r['variant']}` ({r['delta_bpb_vs_baseline']:+.3f} bpb)"
+
+
+def _verdict(rows: list[dict[str, Any]], baseline: str) -> list[str]:
+    """What the table resolves, in words, and the smallest effect it could have resolved."""
+    others = [r for r in rows if r["variant"] != baseline and r["delta_bpb_sd"] is not None]
+    if not others:
+        return []
+    worse = [_said(r) for r in others if r["resolved"] and r["delta_bpb_vs_baseline"] > 0]
+    better = [_said(r) for r in others if r["resolved"] and r["delta_bpb_vs_baseline"] < 0]
+    open_ = [f"`{r['variant']}`" for r in others if not r["resolved"]]
+    n = min(int(r["seeds"].split("/")[0]) for r in others)
+    sd = statistics.median(r["delta_bpb_sd"] for r in others)
+    halves = [r["delta_bpb_ci95"] for r in others]
+    out = ["**What this resolves.** "
+           + (f"Worse than `{baseline}` at this scale: {', '.join(worse)}. " if worse else "")
+           + (f"Better than `{baseline}`: {', '.join(better)}. " if better else "")
+           + (f"Not resolved (no claim either way): {', '.join(open_)}." if open_ else "Every difference is resolved.")]  # fmt: skip
+    out += ["", f"**Power.** Δ CI half-widths: median {statistics.median(halves):.4f}, largest {max(halves):.4f} bpb. "
+            f"With {n} seeds and the median seed-to-seed sd of the paired Δ ({sd:.4f} bpb), a paired two-sided t "
+            f"test at α = 0.05 detects a true |Δ| of {min_detectable(sd, n):.4f} bpb with 80% power "
+            f"(per comparison; the Holm correction across {len(others)} asks a little more)."]  # fmt: skip
+    return out
+
+
+def plot_forest(rows: list[dict[str, Any]], baseline: str, path: Path, title: str) -> None:
+    """Each variant's paired Δ bpb vs the baseline with its 95% CI; resolved ones filled."""
+    plt = pyplot()
+    others = [
+        r for r in rows if r["variant"] != baseline and not math.isnan(r["delta_bpb_vs_baseline"])
+    ]
+    fig, ax = plt.subplots(figsize=(7, 0.5 * len(others) + 1.5), dpi=110)
+    for i, r in enumerate(reversed(others)):
+        ci = r["delta_bpb_ci95"] or 0.0
+        ax.errorbar(r["delta_bpb_vs_baseline"], i, xerr=ci, fmt="o", color="C3" if r["resolved"] else "C0",
+                    mfc="C3" if r["resolved"] else "white", capsize=3)  # fmt: skip
+    ax.axvline(0.0, color="grey", linewidth=1)
+    ax.set_yticks(range(len(others)), [r["variant"] for r in reversed(others)])
+    ax.set_xlabel(
+        f"Δ bits per byte vs {baseline} (paired by seed), 95% CI; filled: resolved (Holm)"
+    )
+    ax.set_title(title)
+    ax.grid(alpha=0.3, axis="x")
+    fig.tight_layout()
+    save_figure(fig, path)
 
 
 def pyplot():
@@ -161,26 +295,38 @@ def save_figure(fig, path: Path, **kwargs: Any) -> None:
     pyplot().close(fig)
 
 
+def _band(
+    curves: list[list[tuple[int, float]]],
+) -> tuple[list[int], list[float], list[float], list[float]]:
+    """x, mean, min, max over the seeds' curves (cut to the shortest)."""
+    n = min(len(c) for c in curves)
+    cols = list(zip(*[[v for _, v in c[:n]] for c in curves], strict=True))
+    return (
+        [t for t, _ in curves[0][:n]],
+        [statistics.fmean(c) for c in cols],
+        [min(c) for c in cols],
+        [max(c) for c in cols],
+    )
+
+
 def plot_curves(runs: dict[str, dict[int, dict[str, Any]]], path: Path, title: str) -> None:
+    """Training loss (mean line, min-max band over seeds) and validation loss (markers) against tokens."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
-    for name, seeds in runs.items():
-        curves = [r["curve"] for r in seeds.values() if r["curve"]]
-        if not curves:
-            continue
-        n = min(len(c) for c in curves)
-        x = [t for t, _ in curves[0][:n]]
-        ys = [[v for _, v in c[:n]] for c in curves]
-        mean = [statistics.fmean(col) for col in zip(*ys, strict=True)]
-        ax.plot(x, mean, label=name, linewidth=1.5)
-        ax.fill_between(
-            x,
-            [min(col) for col in zip(*ys, strict=True)],
-            [max(col) for col in zip(*ys, strict=True)],
-            alpha=0.2,
-        )
+    for i, (name, seeds) in enumerate(runs.items()):
+        color = f"C{i % 10}"
+        train = [r["train"] for r in seeds.values() if r.get("train")]
+        if train:
+            x, mean, lo, hi = _band(train)
+            ax.plot(x, mean, label=name, linewidth=1.2, color=color)
+            ax.fill_between(x, lo, hi, alpha=0.15, color=color)
+        val = [r["curve"] for r in seeds.values() if r["curve"]]
+        if val:
+            x, mean, lo, hi = _band(val)
+            ax.errorbar(x, mean, yerr=[[m - a for m, a in zip(mean, lo, strict=True)], [b - m for m, b in zip(mean, hi, strict=True)]],
+                        fmt="o", color=color, markersize=4, capsize=2, label=None if train else name)  # fmt: skip
     ax.set_xlabel("tokens trained")
-    ax.set_ylabel("validation loss (nats/token)")
+    ax.set_ylabel("loss (nats/token): training line, validation markers")
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -202,6 +348,34 @@ def provenance(root: AblationDir) -> str:
     )
 
 
+def _lr_sources(root: AblationDir, spec: dict[str, Any]) -> dict[str, str]:
+    """Where each variant's learning rate came from: its own search, a sweep, or the base."""
+    if root.tuned.is_file():
+        return {v: f"tuned, {t['trials']} trials" for v, t in read_json(root.tuned).items()}
+    swept = spec.get("from_sweep")
+    if swept:
+        name = swept if isinstance(swept, str) else swept.get("name")
+        return {
+            str(v if isinstance(v, str) else v.get("name", v.get("preset"))): f"sweep {name}"
+            for v in spec["variants"]
+        }
+    return {}
+
+
+def _wandb_note(runs: dict[str, dict[int, dict[str, Any]]], ablation: str) -> list[str]:
+    """Where the same runs are on W&B (when they were tracked there)."""
+    configs = [r["summary"].get("config", {}) for seeds in runs.values() for r in seeds.values()]
+    tracked = [
+        c["tracking"]
+        for c in configs
+        if c.get("tracking", {}).get("mode") not in (None, "disabled")
+    ]
+    if not tracked:
+        return []
+    return [f"**On W&B:** project `{tracked[0]['project']}`, group `{ablation}`: one run per `<variant>-s<seed>`, "
+            "with `variant` and `seed` in its config (group by `variant` for the seed bands).", ""]  # fmt: skip
+
+
 def build_results(ablation: str, runs_root: Path, out_root: Path) -> Path:
     """Write results/<ablation>/{summary.md, summary.csv, loss_curves.png} and the index."""
     root = AblationDir(runs_root, ablation)
@@ -211,6 +385,9 @@ def build_results(ablation: str, runs_root: Path, out_root: Path) -> Path:
     runs = load_runs(root)
     baseline = str(spec.get("baseline") or next(iter(runs)))
     rows = summary_rows(runs, baseline)
+    sources = _lr_sources(root, spec)
+    for r in rows:
+        r["lr_source"] = sources.get(r["variant"], "")
     out = out_root / ablation
     out.mkdir(parents=True, exist_ok=True)
     try:
@@ -223,12 +400,16 @@ def build_results(ablation: str, runs_root: Path, out_root: Path) -> Path:
         "baseline": baseline,
         "description": spec.get("description", ""),
         "provenance": provenance(root),
+        "notes": _wandb_note(runs, ablation),
     }
+    plot_forest(
+        rows, baseline, out / "forest.png", f"{ablation}: paired differences from {baseline}"
+    )
     write_markdown(rows, reference, meta, out / "summary.md")
     plot_curves(
         runs,
         out / "loss_curves.png",
-        f"{ablation}: validation loss (mean, min-max band over seeds)",
+        f"{ablation}: loss (mean, min-max band over seeds)",
     )
     write_index(out_root)
     return out

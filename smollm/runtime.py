@@ -162,6 +162,20 @@ def worker_gpu(i: int, gpus: list[str]) -> str | None:
     return gpus[i % len(gpus)] if gpus else None
 
 
+def _die_with_parent(target, parent: int, *args) -> None:
+    """A worker's entry: it ends when the process that started it ends (SIGKILLed or not), instead
+    of training on as an orphan; what it wrote is resumable like any killed run."""
+    import signal
+
+    if hasattr(os, "sched_getaffinity"):  # Linux: the kernel sends SIGTERM at the parent's death
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        return
+    target(*args)
+
+
 def start_workers(target, args: list[tuple], gpus: list[str] | None = None) -> list:
     """One spawned process per `args` tuple; worker i sees only GPU i mod n (CUDA_VISIBLE_DEVICES,
     set before its start, so it is `cuda:0` there and no two workers share a device by accident)."""
@@ -176,7 +190,7 @@ def start_workers(target, args: list[tuple], gpus: list[str] | None = None) -> l
             gpu = worker_gpu(i, gpus)
             if gpu is not None:
                 os.environ["CUDA_VISIBLE_DEVICES"] = gpu
-            proc = ctx.Process(target=target, args=a)
+            proc = ctx.Process(target=_die_with_parent, args=(target, os.getpid(), *a))
             proc.start()
             procs.append(proc)
     finally:

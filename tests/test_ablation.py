@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from smollm.ablation import Variant, load_ablation, run_ablation
+from smollm.ablation import load_ablation, run_ablation
 from smollm.config import ConfigError
 from smollm.results import build_results, mean_ci
 
@@ -213,28 +213,33 @@ def test_an_edited_variant_reruns_exactly_that_variant(tmp_path):
     assert summary["status"] == "finished" and summary["config"]["model"]["dropout"] == 0.0
 
 
-def test_shipped_ablations_resolve_to_the_experiments_they_always_did():
-    """Presets keep their switch at any shape: the variants need no re-overrides, and resolve
-    exactly as the old explicit form (the committed runs keep their identities)."""
+def test_variants_need_no_re_overrides_and_resolve_as_the_old_explicit_form(tmp_path):
+    """Presets keep their switch at any shape: the committed runs of the earlier default ladder
+    (which re-set n_kv_heads per variant) keep their identities under the switch-only form."""
     from smollm.config import experiment_identity
 
-    default = load_ablation(ROOT / "smollm" / "configs" / "ablations" / "default.yaml")
-    old_form = {
-        "v1": ["model.n_kv_heads=4"],
-        "full-mha": ["model.n_kv_heads=4"],
-        "full-mqa": ["model.n_kv_heads=1"],
-    }
-    for variant in default.variants:
-        new = default.experiment(variant, 0)
-        old = default.experiment(
-            Variant(variant.name, variant.preset, tuple(old_form.get(variant.name, []))), 0
+    base = """name: x
+base:
+  model: {dim: 128, n_layers: 4, n_heads: 4, n_kv_heads: 2, intermediate_size: 384, max_seq_len: 256}
+  data: {corpus: sotu, tokenizer: bpe-8k, seq_len: 256}
+  train: {max_steps: 180, batch_size: 8, lr: 0.004}
+baseline: full
+variants:
+"""
+    old = ["{name: v1, preset: v1, overrides: [model.n_kv_heads=4]}", "v2", "full",
+           "{name: full-mha, preset: full-mha, overrides: [model.n_kv_heads=4]}",
+           "{name: full-mqa, preset: full-mqa, overrides: [model.n_kv_heads=1]}"]  # fmt: skip
+    new = ["v1", "v2", "full", "full-mha", "full-mqa"]
+    files = {}
+    for kind, variants in (("old", old), ("new", new)):
+        files[kind] = tmp_path / f"{kind}.yaml"
+        files[kind].write_text(base + "".join(f"  - {v}\n" for v in variants))
+    a, b = load_ablation(files["old"]), load_ablation(files["new"])
+    for va, vb in zip(a.variants, b.variants, strict=True):
+        assert experiment_identity(a.experiment(va, 0).to_dict()) == experiment_identity(
+            b.experiment(vb, 0).to_dict()
         )
-        assert experiment_identity(new.to_dict()) == experiment_identity(old.to_dict()), (
-            variant.name
-        )
-    kv = {v.name: default.experiment(v, 0).model.n_kv_heads for v in default.variants}
-    assert kv == {"v1": 4, "v2": 2, "full": 2, "full-layernorm": 2, "full-plain-mlp": 2, "full-mha": 4,
-                  "full-mqa": 1, "full-untied": 2}  # fmt: skip
+    assert [b.experiment(v, 0).model.n_kv_heads for v in b.variants] == [4, 2, 2, 4, 1]
 
 
 def test_ablations_and_sweeps_are_named_or_given_by_path(tmp_path):
@@ -271,3 +276,102 @@ def test_installed_wheel_runs_the_smoke_ablation_by_name_from_an_empty_directory
                          cwd=empty, env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
     assert (empty / "results" / "smoke" / "summary.md").is_file()
+
+
+TUNE = """tune:
+  space: {train.lr: {type: float, low: 0.001, high: 0.03, log: true}}
+  n_trials: 3
+  seeds: [100, 101]
+  objective: val_bpb
+  sampler: {type: tpe, seed: 0, n_startup_trials: 2}
+  pruner: {type: none}
+  overrides: [train.max_steps=4]
+  grace_period: 4
+  heartbeat_interval: 1
+"""
+
+
+def tuned_smoke(tmp_path: Path) -> Path:
+    path = tmp_path / "tuned-smoke.yaml"
+    path.write_text(SMOKE.read_text().replace("name: smoke", "name: tuned-smoke") + TUNE)
+    return path
+
+
+def test_a_tuned_ablation_runs_each_variant_at_its_own_learning_rate_and_resumes_after_a_kill(
+    tmp_path,
+):
+    path = tuned_smoke(tmp_path)
+    proc = subprocess.Popen([sys.executable, "-m", "smollm.cli", "run", "ablation", str(path), "--quiet"],
+                            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    tune = tmp_path / "runs" / "tuned-smoke" / "tune"
+    deadline = time.time() + 300
+    while (
+        not list(tune.glob("sweeps/*/trial-0001-s100/checkpoints/*.pt"))
+        and time.time() < deadline
+        and proc.poll() is None
+    ):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)  # in the middle of the first variant's search
+    proc.wait()
+    assert not (tmp_path / "runs" / "tuned-smoke" / "tuned.json").exists()
+    time.sleep(5)  # past the heartbeat grace period: the killed trial is failed and retried
+    again = smol("run", "ablation", str(path), "--quiet", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    tuned = json.loads((tmp_path / "runs" / "tuned-smoke" / "tuned.json").read_text())
+    assert set(tuned) == {"full", "v1"} and all(t["trials"] >= 3 for t in tuned.values())
+    for variant in ("full", "v1"):
+        for seed in (0, 1):
+            summary = json.loads(
+                (
+                    tmp_path / "runs" / "tuned-smoke" / f"{variant}-s{seed}" / "summary.json"
+                ).read_text()
+            )
+            assert summary["config"]["train"]["lr"] == pytest.approx(
+                tuned[variant]["params"]["train.lr"]
+            )
+            assert summary["config"]["train"]["max_steps"] == 6  # tuning's overrides stay in tuning
+    md = (tmp_path / "results" / "tuned-smoke" / "summary.md").read_text()
+    assert (
+        "(tuned, " in md
+        and "forest.png" in md
+        and (tmp_path / "results" / "tuned-smoke" / "forest.png").is_file()
+    )
+    rebuilt = smol("results", "tuned-smoke", cwd=tmp_path)
+    assert (
+        rebuilt.returncode == 0
+        and (tmp_path / "results" / "tuned-smoke" / "summary.md").read_text() == md
+    )
+
+
+@pytest.mark.parametrize(
+    ("tune", "match"),
+    [
+        ("tune: [1, 2]", "tune: a mapping"),
+        ("tune: {space: {train.lr: {type: float, low: 0.1, high: 0.01}}}", "need low < high"),
+        (
+            "tune: {space: {train.lrr: {type: float, low: 0.001, high: 0.01}}}",
+            "unknown config key 'train.lrr'",
+        ),
+        (
+            "tune: {space: {train.lr: {type: float, low: 0.001, high: 0.01}}, n_trials: 0}",
+            "n_trials=0",
+        ),
+        (
+            "tune: {space: {train.lr: {type: float, low: 0.001, high: 0.01}}, seeds: [1, 1]}",
+            "distinct integers",
+        ),
+        (
+            "tune: {space: {train.lr: {type: float, low: 0.001, high: 0.01}}, trials: 3}",
+            "unknown tune key",
+        ),
+    ],
+)
+def test_bad_tune_specs_are_rejected_before_anything_runs(tmp_path, tune, match):
+    path = tmp_path / "t.yaml"
+    path.write_text(SMOKE.read_text() + tune + "\n")
+    with pytest.raises(ConfigError, match=match):
+        load_ablation(path)
+    proc = smol("run", "ablation", str(path), cwd=tmp_path)
+    assert (
+        proc.returncode == 2 and "Traceback" not in proc.stderr and not (tmp_path / "runs").exists()
+    )

@@ -47,3 +47,44 @@ def test_without_gpus_workers_inherit_the_environment(monkeypatch):
     assert [out.get(timeout=60) for _ in procs] == [None, None]
     for p in procs:
         p.join()
+
+
+def sleep_and_report(path: str) -> None:  # a worker that would run for a minute
+    import os
+    import time
+    from pathlib import Path
+
+    Path(path).write_text(str(os.getpid()))
+    time.sleep(60)
+
+
+def test_a_worker_ends_with_its_parent(tmp_path):
+    """SIGKILL the process that started the workers: they end too, not train on as orphans."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    pid_file = tmp_path / "worker.pid"
+    code = ("import time; from smollm.runtime import start_workers; from tests.test_runtime import sleep_and_report\n"
+            f"start_workers(sleep_and_report, [({str(pid_file)!r},)], gpus=[]); time.sleep(60)")  # fmt: skip
+    parent = subprocess.Popen([sys.executable, "-c", code], cwd=root)
+    deadline = time.time() + 60
+    while not pid_file.is_file() and time.time() < deadline:
+        time.sleep(0.05)
+    worker = int(pid_file.read_text())
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        try:
+            os.kill(worker, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(worker, signal.SIGKILL)
+        raise AssertionError("the worker outlived its parent")

@@ -5,8 +5,8 @@ In parts: `spec` (the sweep file), `storage` (Optuna storage and its compatibili
 Workers send heartbeats: a worker killed mid-trial leaves a trial that is failed and retried.
 """
 
-from smollm.sweep.runner import open_study, run_sweep, run_worker
-from smollm.sweep.spec import Param, Sweep, load_sweep
+from smollm.sweep.runner import open_study, optimize, run_sweep, run_worker
+from smollm.sweep.spec import Param, Sweep, load_sweep, sweep_from_mapping
 from smollm.sweep.storage import best_params, display_url, load_study, make_storage, storage_url
 
 __all__ = [
@@ -18,7 +18,9 @@ __all__ = [
     "load_sweep",
     "make_storage",
     "open_study",
+    "optimize",
     "run_sweep",
     "run_worker",
     "storage_url",
+    "sweep_from_mapping",
 ]

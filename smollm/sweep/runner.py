@@ -65,7 +65,8 @@ def objective(sweep: Sweep, runs_root: Path):
         origin = retry_callback().retried_trial_number(frozen)
         number = trial.number if origin is None else origin  # a retry resumes the failed run
         run = trials.trial(number)
-        trial.set_user_attr("run_dir", str(run.path))
+        shown = run if not sweep.seeds else trials.trial(number, sweep.seeds[0])
+        trial.set_user_attr("run_dir", str(shown.path))
         trial.set_user_attr("worker_pid", os.getpid())
 
         def report(step: int, loss: float) -> None:
@@ -73,17 +74,19 @@ def objective(sweep: Sweep, runs_root: Path):
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at step {step} (val loss {loss:.4f})")
 
-        try:
-            summary = train(
-                sweep.experiment(params, number), run.path, progress=False, on_eval=report
-            )
-        except optuna.TrialPruned as e:
-            run.write_summary("pruned", reason=str(e), params=params)
-            raise
-        value = summary[sweep.objective]
-        if value is None or not math.isfinite(value):
-            raise SmolError(f"trial {number}: objective {sweep.objective} is {value}")
-        return value
+        values = []
+        for k, seed in enumerate(sweep.seeds or (None,)):  # the pruner watches the first seed
+            seed_run = run if seed is None else trials.trial(number, seed)
+            try:
+                summary = train(sweep.experiment(params, number, seed), seed_run.path, progress=False,
+                                on_eval=report if k == 0 else None)  # fmt: skip
+            except optuna.TrialPruned as e:
+                seed_run.write_summary("pruned", reason=str(e), params=params)
+                raise
+            values.append(summary[sweep.objective])
+        if any(v is None or not math.isfinite(v) for v in values):
+            raise SmolError(f"trial {number}: objective {sweep.objective} is {values}")
+        return sum(values) / len(values)
 
     return run
 
@@ -92,13 +95,19 @@ def run_worker(
     sweep_path: str, overrides: list[str], runs_root: str, url: str, threads: int
 ) -> None:
     """One worker process: optimise until the study holds n_trials finished trials (or timeout)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    optimize(load_sweep(sweep_path, overrides), url, Path(runs_root))
+
+
+def optimize(sweep: Sweep, url: str, runs_root: Path) -> None:
+    """Run trials of `sweep` in this process until the study holds n_trials finished ones."""
     import optuna
     import torch
     from optuna.study import MaxTrialsCallback
     from optuna.trial import TrialState
 
-    torch.set_num_threads(threads)
-    sweep = load_sweep(sweep_path, overrides)
     study = open_study(sweep, url)
     finished = (TrialState.COMPLETE, TrialState.PRUNED)
     done = MaxTrialsCallback(sweep.n_trials, states=finished)
@@ -112,9 +121,7 @@ def run_worker(
         if left is not None and left <= 0:
             return
         try:
-            study.optimize(
-                objective(sweep, Path(runs_root)), timeout=left, catch=catch, callbacks=[done]
-            )
+            study.optimize(objective(sweep, runs_root), timeout=left, catch=catch, callbacks=[done])
         except ValueError as e:  # Optuna's tell on a trial another worker already finished
             if not str(e).startswith("Cannot tell a"):
                 raise

@@ -22,7 +22,7 @@ from typing import Any
 from smollm.config import ConfigError, ExperimentConfig
 from smollm.experiment import experiment_schema, merge, nest, read_mapping, to_experiment
 
-SWEEP_KEYS = {"name", "description", "base", "space", "objective", "sampler", "pruner", "n_trials", "timeout", "heartbeat_interval", "grace_period", "max_retry", "enqueue"}  # fmt: skip
+SWEEP_KEYS = {"name", "description", "base", "space", "objective", "sampler", "pruner", "n_trials", "timeout", "heartbeat_interval", "grace_period", "max_retry", "enqueue", "seeds"}  # fmt: skip
 OBJECTIVES = ("val_loss", "val_bpb")
 
 
@@ -51,13 +51,22 @@ class Sweep:
     max_retry: int = 2
     enqueue: tuple[dict, ...] = ()
     description: str = ""
+    seeds: tuple[
+        int, ...
+    ] = ()  # each trial trains every seed, its objective their mean; () = the base's
 
-    def experiment(self, params: dict[str, Any], number: int) -> ExperimentConfig:
-        """The trial's experiment: base, then the sampled parameters."""
-        track = {
-            "tracking": {"group": self.name, "name": f"trial-{number:04d}", "job_type": "sweep"}
-        }
-        return to_experiment(merge(self.base, [nest(params), track]))  # typed values, as sampled
+    def experiment(
+        self, params: dict[str, Any], number: int, seed: int | None = None
+    ) -> ExperimentConfig:
+        """The trial's experiment: base, then the sampled parameters (typed, as sampled)."""
+        name = f"trial-{number:04d}" + (f"-s{seed}" if seed is not None else "")
+        layers: list[Any] = [
+            nest(params),
+            {"tracking": {"group": self.name, "name": name, "job_type": "sweep"}},
+        ]
+        if seed is not None:
+            layers.append({"train": {"seed": seed}})
+        return to_experiment(merge(self.base, layers))
 
 
 def make_sampler(spec: dict):
@@ -137,26 +146,37 @@ def _numbers(path: str | Path, raw: dict[str, Any]) -> dict[str, Any]:
 def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
     """Read and validate a sweep file; dotlist overrides apply to the base experiment."""
     raw = read_mapping(path, "sweep", SWEEP_KEYS)
+    base = merge(experiment_schema(), [raw.get("base") or {}, list(overrides or [])])
+    return sweep_from_mapping(raw, str(raw.get("name") or Path(path).stem), base, str(path))
+
+
+def sweep_from_mapping(raw: dict[str, Any], name: str, base: Any, where: str) -> Sweep:
+    """A validated Sweep from a sweep file's mapping (or an ablation's `tune:`) and a merged base."""
     space = tuple(_param(k, v) for k, v in (raw.get("space") or {}).items())
     if not space:
-        raise ConfigError(f"{path}: empty search space")
+        raise ConfigError(f"{where}: empty search space")
     if raw.get("objective", "val_loss") not in OBJECTIVES:
         raise ConfigError(
-            f"{path}: objective {raw['objective']!r}: choose one of {', '.join(OBJECTIVES)}"
+            f"{where}: objective {raw['objective']!r}: choose one of {', '.join(OBJECTIVES)}"
         )
-    numbers = _numbers(path, raw)
-    enqueue = tuple(raw.get("enqueue") or ())
+    seeds = raw.get("seeds") or []
+    if (
+        not isinstance(seeds, list)
+        or not all(isinstance(x, int) and not isinstance(x, bool) for x in seeds)
+        or len(set(seeds)) != len(seeds)
+    ):
+        raise ConfigError(f"{where}: seeds must be a list of distinct integers")  # fmt: skip
     make_sampler(raw.get("sampler") or {}), make_pruner(raw.get("pruner") or {})  # valid names
     sweep = Sweep(
-        name=str(raw.get("name") or Path(path).stem), base=merge(experiment_schema(), [raw.get("base") or {}, list(overrides or [])]),
-        space=space, objective=raw.get("objective", "val_loss"), sampler=raw.get("sampler") or {}, pruner=raw.get("pruner") or {},
-        enqueue=enqueue, description=str(raw.get("description") or ""), **numbers,
+        name=name, base=base, space=space, objective=raw.get("objective", "val_loss"), sampler=raw.get("sampler") or {},
+        pruner=raw.get("pruner") or {}, enqueue=tuple(raw.get("enqueue") or ()), description=str(raw.get("description") or ""),
+        seeds=tuple(seeds), **_numbers(where, raw),
     )  # fmt: skip
     # every point of the space must make a valid experiment (unknown keys, impossible batch sizes)
     corners = {
-        p.key: (
-            p.choices[0] if p.kind == "categorical" else (int(p.low) if p.kind == "int" else p.low)
-        )
+        p.key: p.choices[0]
+        if p.kind == "categorical"
+        else (int(p.low) if p.kind == "int" else p.low)
         for p in space
     }
     sweep.experiment(corners, 0)
@@ -167,6 +187,6 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
     for point in sweep.enqueue:
         if not isinstance(point, dict) or not set(point) <= keys:
             raise ConfigError(
-                f"{path}: enqueue entry {point!r}: a mapping of space keys ({', '.join(sorted(keys))})"
+                f"{where}: enqueue entry {point!r}: a mapping of space keys ({', '.join(sorted(keys))})"
             )
     return sweep
