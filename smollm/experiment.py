@@ -168,12 +168,17 @@ def read_mapping(path: str | Path, kind: str, valid: set[str]) -> dict[str, Any]
         raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
     except Exception as e:  # YAML syntax errors
         raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    return check_mapping(raw, valid, f"{path}:", kind)
+
+
+def check_mapping(raw: Any, valid: set[str], where: str, kind: str) -> dict[str, Any]:
+    """`raw` itself, if it is a mapping whose keys are all in `valid`; else one line naming them."""
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping of {', '.join(sorted(valid))}")
+        raise ConfigError(f"{where} expected a mapping of {', '.join(sorted(valid))}")
     unknown = set(raw) - valid
     if unknown:
         raise ConfigError(
-            f"{path}: unknown {kind} key(s) {', '.join(sorted(unknown))}; valid: {', '.join(sorted(valid))}"
+            f"{where} unknown {kind} key(s) {', '.join(sorted(unknown))}; valid: {', '.join(sorted(valid))}"
         )
     return raw
 

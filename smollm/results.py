@@ -343,9 +343,20 @@ def provenance(root: AblationDir) -> str:
     prov = read_json(root.provenance) if root.provenance.is_file() else {}
     return (
         f"Produced by `{prov.get('command', 'smol run ablation')}` starting {prov.get('started', '?')} on {machine_line(prov.get('machine', {}))}, "
-        f"code at git {code_versions(root.path.iterdir())}; "
+        f"code at git {code_versions(root.path.iterdir())}{wall_time(prov.get('sessions') or [])}; "
         f"tables rebuilt from the run directories in `runs/{root.name}/` by `smol results {root.name}`."
     )
+
+
+def wall_time(sessions: list[dict[str, Any]]) -> str:
+    """', 9.6 minutes of wall time in one session (15 runs trained)' (nothing when unrecorded):
+    everything a `smol run ablation` did, its tuning and reference row included."""
+    if not sessions:
+        return ""
+    minutes = sum(s["wall_s"] for s in sessions) / 60
+    runs = sum(s["runs_trained"] for s in sessions)
+    many = f"{len(sessions)} sessions" if len(sessions) > 1 else "one session"
+    return f", {minutes:.1f} minutes of wall time in {many} ({runs} runs trained)"
 
 
 def _lr_sources(root: AblationDir, spec: dict[str, Any]) -> dict[str, str]:

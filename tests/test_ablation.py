@@ -128,6 +128,36 @@ def test_a_failed_run_is_recorded_and_the_rest_go_on(tmp_path):
     assert "broken (s0: failed; s1: failed) | 0/2" in (out / "summary.md").read_text()
 
 
+def test_task_columns_and_the_reference_row_score_the_same_items(tmp_path):
+    spec = tmp_path / "tasks.yaml"
+    spec.write_text(
+        SMOKE.read_text()
+        .replace("sample_tokens: 4}", "sample_tokens: 4, eval_tasks: [arc_easy, winogrande], eval_limit: 4}")
+        .replace("seeds: [0, 1]", "seeds: [0]")
+        .replace("reference: false", "reference: true")
+    )  # fmt: skip
+    outcomes = run_ablation(load_ablation(spec), tmp_path / "runs", progress=False)
+    assert [o["status"] for o in outcomes] == ["finished", "finished"]
+    assert all(o["trained"] for o in outcomes)
+    ref = json.loads((tmp_path / "runs" / "smoke" / "reference" / "summary.json").read_text())
+    assert {t: s["items"] for t, s in ref["eval"].items()} == {"arc_easy": 4, "winogrande": 4}
+    out = build_results("smoke", tmp_path / "runs", tmp_path / "results")
+    md = (out / "summary.md").read_text()
+    assert "| arc_easy (4 items) | winogrande (4 items) |" in md
+    rows = {line.split(" | ")[0]: line for line in md.splitlines() if line.startswith("| ")}
+    for row in ("| full", "| v1", "| *reference: SmolLM2-135M-Instruct (pretrained, Q4_1 GGUF)*"):
+        cells = [c.strip() for c in rows[row].split("|")[-3:-1]]  # the two task columns
+        assert all(c[0].isdigit() for c in cells), rows[row]
+    # the same scores as the reference summary, in %
+    ref_cells = rows["| *reference: SmolLM2-135M-Instruct (pretrained, Q4_1 GGUF)*"]
+    assert f"{100 * ref['eval']['arc_easy']['acc_norm']:.1f} |" in ref_cells
+    prov = json.loads((tmp_path / "runs" / "smoke" / "provenance.json").read_text())
+    assert [s["runs_trained"] for s in prov["sessions"]] == [2]
+    again = run_ablation(load_ablation(spec), tmp_path / "runs", progress=False)
+    assert not any(o["trained"] for o in again)  # nothing to do: no new session recorded
+    assert json.loads((tmp_path / "runs" / "smoke" / "provenance.json").read_text()) == prov
+
+
 @pytest.mark.parametrize(
     "mutate,match",
     [
@@ -346,7 +376,7 @@ def test_a_tuned_ablation_runs_each_variant_at_its_own_learning_rate_and_resumes
 @pytest.mark.parametrize(
     ("tune", "match"),
     [
-        ("tune: [1, 2]", "tune: a mapping"),
+        ("tune: [1, 2]", "tune: expected a mapping"),
         ("tune: {space: {train.lr: {type: float, low: 0.1, high: 0.01}}}", "need low < high"),
         (
             "tune: {space: {train.lrr: {type: float, low: 0.001, high: 0.01}}}",
