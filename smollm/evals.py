@@ -326,15 +326,11 @@ class TaskResult:
 
 
 def ci95(correct: Sequence[bool]) -> float:
-    """Half-width of the 95% Student-t interval of a mean of 0/1 outcomes."""
-    from scipy import stats
+    """Half-width of the 95% Student-t interval of a mean of 0/1 outcomes (nan below two)."""
+    from smollm.stats import mean_ci
 
-    n = len(correct)
-    if n < 2:
-        return math.nan
-    p = sum(correct) / n
-    sd = math.sqrt(max(p * (1 - p) * n / (n - 1), 0.0))
-    return float(stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
+    half = mean_ci([float(c) for c in correct])[1]
+    return math.nan if half is None else half
 
 
 def _packs(items: list[Item], tok, max_len: int) -> Iterator[tuple[int, Packed]]:

@@ -11,7 +11,8 @@ import pytest
 
 from smollm.ablation import load_ablation, run_ablation
 from smollm.config import ConfigError
-from smollm.results import build_results, mean_ci
+from smollm.results import build_results
+from smollm.stats import mean_ci
 
 from .conftest import smol
 

@@ -5,7 +5,7 @@ import math
 import pytest
 from scipy import stats
 
-from smollm.results import holm, mean_ci, min_detectable, paired_test
+from smollm.stats import holm, mean_ci, min_detectable, paired_test
 
 
 def test_paired_test_matches_a_hand_computed_example_and_scipy():
