@@ -173,15 +173,10 @@ def eval_cmd(
         t: evals.load_items(t, limit, data_dir) for t in names
     }  # bad data fails before the model loads
     lm, tok, name = load_for_generation(model, device, dtype)
-    results = []
-    for task in names:
-        results.append(evals.run_task(lm, tok, task, items[task], batch_size, progress=True))
+    results = [evals.run_task(lm, tok, t, items[t], batch_size, progress=True) for t in names]
     typer.echo(evals.table(results, name))
-    target = (
-        Path(out)
-        if out
-        else (RunDir(model).eval_json if model and RunDir(model).is_run() else Path("eval.json"))
-    )
+    run = RunDir(model) if model else None
+    target = Path(out) if out else (run.eval_json if run and run.is_run() else Path("eval.json"))
     write_json(target, evals.report(results, name, limit, lm))
     typer.echo(f"wrote {target}")
 

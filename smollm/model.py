@@ -247,15 +247,15 @@ class SmolLM(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         # drawn before any submodule exists (their default init draws from the same RNG)
-        self._init_seed = int(torch.randint(0, 2**62, (1,), device="cpu").item())
+        seed = int(torch.randint(0, 2**62, (1,), device="cpu").item())
         self.config = config
         self.model = Backbone(config)
         self.lm_head = Linear(config.dim, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
-        self._init_weights()
+        self._init_weights(seed)
 
-    def _init_weights(self) -> None:
+    def _init_weights(self, seed: int) -> None:
         """N(0, init_std) weights, the residual-stream projections smaller (GPT-2: 1/sqrt(2 * n_layers)),
         zero biases, unit norms.
 
@@ -264,7 +264,7 @@ class SmolLM(nn.Module):
         (same name and shape) start from the same values, so a paired comparison of two variants
         sees the architecture, not a different initialisation.
         """
-        std, done, seed = self.config.init_std, set(), self._init_seed
+        std, done = self.config.init_std, set()
         residual = (".self_attn.o_proj", ".mlp.down_proj")
         for name, module in self.named_modules():
             if isinstance(module, nn.Linear) and module.bias is not None:
@@ -272,9 +272,9 @@ class SmolLM(nn.Module):
             if not isinstance(module, (nn.Linear, nn.Embedding)) or id(module.weight) in done:
                 continue
             done.add(id(module.weight))  # a tied lm_head is the embedding, initialised once
-            scale = 1 / math.sqrt(2 * self.config.n_layers) if name.endswith(residual) else 1.0
             if module.weight.is_meta:
                 continue
+            scale = 1 / math.sqrt(2 * self.config.n_layers) if name.endswith(residual) else 1.0
             g = torch.Generator().manual_seed(seed ^ zlib.crc32(name.encode()))
             with torch.no_grad():
                 module.weight.normal_(0.0, std * scale, generator=g)

@@ -310,17 +310,14 @@ def wall_time(sessions: list[dict[str, Any]]) -> str:
     return f", {minutes:.1f} minutes of wall time in {many} ({runs} runs trained)"
 
 
-def _lr_sources(root: AblationDir, spec: dict[str, Any]) -> dict[str, str]:
+def _lr_sources(root: AblationDir, spec: dict[str, Any], variants) -> dict[str, str]:
     """Where each variant's learning rate came from: its own search, a sweep, or the base."""
     if root.tuned.is_file():
         return {v: f"tuned, {t['trials']} trials" for v, t in read_json(root.tuned).items()}
     swept = spec.get("from_sweep")
     if swept:
         name = swept if isinstance(swept, str) else swept.get("name")
-        return {
-            str(v if isinstance(v, str) else v.get("name", v.get("preset"))): f"sweep {name}"
-            for v in spec["variants"]
-        }
+        return dict.fromkeys(variants, f"sweep {name}")
     return {}
 
 
@@ -347,7 +344,7 @@ def build_results(ablation: str, runs_root: Path, out_root: Path) -> Path:
     runs = load_runs(root)
     baseline = str(spec.get("baseline") or next(iter(runs)))
     rows = summary_rows(runs, baseline)
-    sources = _lr_sources(root, spec)
+    sources = _lr_sources(root, spec, runs)
     for r in rows:
         r["lr_source"] = sources.get(r["variant"], "")
     out = out_root / ablation

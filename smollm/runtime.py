@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import platform
 import resource
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -167,7 +168,7 @@ def _die_with_parent(target, parent: int, *args) -> None:
     of training on as an orphan; what it wrote is resumable like any killed run."""
     import signal
 
-    if hasattr(os, "sched_getaffinity"):  # Linux: the kernel sends SIGTERM at the parent's death
+    if sys.platform.startswith("linux"):  # the kernel sends SIGTERM at the parent's death
         import ctypes
 
         ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG

@@ -254,12 +254,18 @@ def train_step(net, optimizer, loader, plan: StepPlan, watch: DivergenceWatch, s
     return loss_sum, grad_norm
 
 
+def score(s: Session, cache, exp: ExperimentConfig):
+    """(validation loss/ppl/bpb on the fixed split, the downstream tasks' scores on their items)."""
+    tc = exp.train
+    val = evaluate(s.model, cache, exp.data.seq_len, tc.eval_batch_size, tc.eval_blocks, s.plan.amp)
+    return val, (s.downstream.scores(s.model, s.plan.amp) if s.downstream else {})
+
+
 def evaluate_and_sample(s: Session, cache, tok, exp: ExperimentConfig, tracker: Tracker):
     """Validation loss/ppl/bpb on the fixed split, the downstream tasks (if any) on their fixed
     items, and samples from the fixed prompts, all logged; (val, task scores)."""
+    val, scores = score(s, cache, exp)
     tc = exp.train
-    val = evaluate(s.model, cache, exp.data.seq_len, tc.eval_batch_size, tc.eval_blocks, s.plan.amp)
-    scores = s.downstream.scores(s.model, s.plan.amp) if s.downstream else {}
     row = {
         "step": s.step,
         "tokens": s.tokens,
@@ -394,7 +400,7 @@ def _build(
 def _train(exp, run: RunDir, cache, tok, ddp: Dist, device, progress, on_eval) -> dict[str, Any]:
     """The loop proper: step; on their steps log, evaluate and checkpoint; then summarise."""
     s = _build(exp, run, cache, tok, ddp, device)
-    tc, amp = exp.train, s.plan.amp
+    tc = exp.train
     tracker = _start_tracking(run, exp, tok, s.step) if ddp.main else None
     peak = peak_flops(tc, device) * ddp.world_size
     meter = Throughput(s.tokens, flops_per_token(exp.model, exp.data.seq_len), peak, device)
@@ -427,8 +433,7 @@ def _train(exp, run: RunDir, cache, tok, ddp: Dist, device, progress, on_eval) -
     if tracker is None:
         return {"status": "finished", "step": s.step, "tokens": s.tokens}
     if val is None:  # resumed from the final checkpoint: its evaluation is due (not logged again)
-        val = evaluate(s.model, cache, exp.data.seq_len, tc.eval_batch_size, tc.eval_blocks, amp)
-        scores = s.downstream.scores(s.model, amp) if s.downstream else {}
+        val, scores = score(s, cache, exp)
     summary = _summary(run, exp, s.model, s.step, s.tokens, val)
     return tracker.finish("finished", **summary, **({"eval": scores} if scores else {}))
 

@@ -51,9 +51,8 @@ class Sweep:
     max_retry: int = 2
     enqueue: tuple[dict, ...] = ()
     description: str = ""
-    seeds: tuple[
-        int, ...
-    ] = ()  # each trial trains every seed, its objective their mean; () = the base's
+    # each trial trains every seed, its objective their mean; () = the base's seed only
+    seeds: tuple[int, ...] = ()
 
     def experiment(
         self, params: dict[str, Any], number: int, seed: int | None = None
