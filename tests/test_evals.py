@@ -83,6 +83,32 @@ def test_batched_shared_context_scoring_equals_one_at_a_time(tokenizer):
                 assert flat[(i, a)] == pytest.approx(score_one(model, ctx, cont), abs=5e-4), (i, a)
 
 
+def test_answers_sharing_words_share_their_tokens_and_score_as_alone(tokenizer):
+    """The tree: a token per distinct prefix of the requests, and each answer's score unchanged
+    (answers sharing words, one a prefix of another, two the same)."""
+    model = tiny_model()
+    answers = [" sat on the mat", " sat on the hat", " sat", " sat on the mat", " ran away"]
+    requests = [encode_pair(tokenizer, "The cat", a) for a in answers]
+    packed = pack(requests)
+    prefixes = {tuple((c + x)[:k]) for c, x in requests for k in range(1, len(c + x))}
+    assert len(packed.tokens) == len(prefixes) < sum(len(c + x) - 1 for c, x in requests)
+    got = score_packed(model, [packed, pack(requests[-2:])])
+    for a, (ctx, cont) in enumerate(requests):
+        assert got[0][a] == pytest.approx(score_one(model, ctx, cont), abs=2e-4), a
+    assert got[0][0] == got[0][3] and got[1][1] == pytest.approx(got[0][4], abs=1e-5)
+
+
+def test_long_items_go_fewer_to_a_forward():
+    """Longest first, at most `batch_size` per forward, and a forward's padded size within
+    `batch_size` median-length items unless one item alone is longer."""
+    lengths = [50] * 40 + [400, 300, 900]
+    batches = evals._batches(lengths, 16)
+    assert sorted(k for b in batches for k in b) == list(range(len(lengths)))
+    assert batches[:3] == [[42], [40, 41], list(range(16))]
+    assert all(len(b) <= 16 and (len(b) == 1 or len(b) * lengths[b[0]] <= 16 * 50) for b in batches)
+    assert evals._batches([], 16) == []
+
+
 def test_the_packaged_smollm2_scores_above_chance(real_model, tokenizer):
     for task, n in (("hellaswag", 100), ("arc_easy", 150), ("piqa", 150)):
         r = evals.run_task(real_model, tokenizer, task, load_items(task, n), batch_size=16)
