@@ -289,8 +289,11 @@ def test_ctrl_c_says_where_the_run_resumes_and_it_does(tmp_path, corpus, referen
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(tmp_path / "slow"), os.environ.get("PYTHONPATH", "")]),
     }
+    # a shell's background job starts with SIGINT ignored, and a child would inherit that: the
+    # child gets the default disposition, as under a terminal
     proc = subprocess.Popen([sys.executable, "-m", "smollm.cli", "train", *slow, "--run-dir", "R", "--quiet"],
-                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
     deadline = time.time() + 120
     while not checkpoint_paths(tmp_path / "R") and time.time() < deadline:
         time.sleep(0.01)
