@@ -285,11 +285,15 @@ def score_packed(model, batch: list[Packed]) -> list[dict[int, float]]:
     hidden = model.model(ids.to(device), pos.to(device), mask.to(device), None)  # (B, T, dim)
     # the output layer runs once per token that predicts an answer token (answers sharing a word
     # predict it from the same token)
-    where = [(row, at) for row, p in enumerate(batch) for _, at, _ in p.targets]
-    unique = {key: k for k, key in enumerate(dict.fromkeys(where))}
+    unique: dict[tuple[int, int], int] = {}  # (row, token) -> its row in `logits`
+    which = [
+        unique.setdefault((row, at), len(unique))
+        for row, p in enumerate(batch)
+        for _, at, _ in p.targets
+    ]
     rows, at = zip(*unique, strict=True)
     logits = model.lm_head(hidden[list(rows), list(at)]).float()
-    which = torch.tensor([unique[key] for key in where], device=device)
+    which = torch.tensor(which, device=device)
     want = torch.tensor([t for p in batch for _, _, t in p.targets], device=device)
     logp = (logits[which, want] - logits.logsumexp(-1)[which]).tolist()
     out, k = [], 0
