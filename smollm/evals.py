@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from smollm.config import SmolError
@@ -204,18 +205,33 @@ def load_items(
 # ---------------------------------------------------------------------------- tokenising
 
 
+def encode_pairs(tok, pairs: Sequence[tuple[str, str]]) -> list[tuple[list[int], list[int]]]:
+    """lm-evaluation-harness's split of each (context, continuation): trailing spaces of the context
+    move to the continuation; the continuation's tokens are those of context + continuation after
+    the context's own tokens. Every distinct string is encoded once, all in one tokenizer call."""
+    split = []
+    for context, continuation in pairs:
+        spaces = len(context) - len(context.rstrip())
+        if spaces:
+            continuation, context = context[-spaces:] + continuation, context[:-spaces]
+        split.append((context, context + continuation))
+    texts = list(dict.fromkeys(t for pair in split for t in pair if t))
+    ids: dict[str, list[int]] = {"": []}
+    if texts:
+        ids.update(zip(texts, tok(texts, add_special_tokens=False)["input_ids"], strict=True))
+    out = []
+    for context, whole in split:
+        if not context:  # nothing to condition on: the end-of-text token starts the sequence
+            out.append(([tok.eos_token_id if tok.eos_token_id is not None else 0], ids[whole]))
+        else:
+            ctx = ids[context]
+            out.append((ctx, ids[whole][len(ctx) :]))
+    return out
+
+
 def encode_pair(tok, context: str, continuation: str) -> tuple[list[int], list[int]]:
-    """lm-evaluation-harness's split: trailing spaces of the context move to the continuation; the
-    continuation's tokens are those of context + continuation after the context's own tokens."""
-    spaces = len(context) - len(context.rstrip())
-    if spaces:
-        continuation, context = context[-spaces:] + continuation, context[:-spaces]
-    whole = tok.encode(context + continuation, add_special_tokens=False)
-    ctx = tok.encode(context, add_special_tokens=False) if context else []
-    if not ctx:  # nothing to condition on: the end-of-text token starts the sequence
-        ctx = [tok.eos_token_id if tok.eos_token_id is not None else 0]
-        return ctx, whole
-    return ctx, whole[len(ctx) :]
+    """One (context, continuation) as `encode_pairs` splits it."""
+    return encode_pairs(tok, [(context, continuation)])[0]
 
 
 # ---------------------------------------------------------------------------- scoring
@@ -262,9 +278,9 @@ def pack_alone(answer: int, ctx: list[int], cont: list[int], max_len: int) -> Pa
     return Packed(tokens, list(range(len(tokens))), list(range(-1, len(tokens) - 1)), targets)
 
 
-def _mask(p: Packed, width: int) -> torch.Tensor:
+def _mask(p: Packed, width: int) -> np.ndarray:
     """(width, width) bool: a token sees itself and its ancestors; padding sees only itself."""
-    mask = torch.eye(width, dtype=torch.bool)
+    mask = np.eye(width, dtype=bool)
     for i, parent in enumerate(p.parents):  # parents come first, so their rows are complete
         if parent >= 0:
             mask[i] |= mask[parent]
@@ -281,7 +297,7 @@ def score_packed(model, batch: list[Packed]) -> list[dict[int, float]]:
     for row, p in enumerate(batch):
         ids[row, : len(p.tokens)] = torch.tensor(p.tokens)
         pos[row, : len(p.positions)] = torch.tensor(p.positions)
-    mask = torch.stack([_mask(p, width) for p in batch])[:, None]  # (B, 1, T, T)
+    mask = torch.from_numpy(np.stack([_mask(p, width) for p in batch]))[:, None]  # (B, 1, T, T)
     hidden = model.model(ids.to(device), pos.to(device), mask.to(device), None)  # (B, T, dim)
     # the output layer runs once per token that predicts an answer token (answers sharing a word
     # predict it from the same token)
@@ -343,8 +359,10 @@ def ci95(correct: Sequence[bool]) -> float:
 
 def _packs(items: list[Item], tok, max_len: int) -> Iterator[tuple[int, Packed]]:
     """(item index, pack) in order: an item whole, or (past the context) each answer alone."""
-    for i, item in enumerate(items):
-        requests = [encode_pair(tok, c, x) for c, x in item.requests()]
+    pairs = [item.requests() for item in items]
+    encoded = iter(encode_pairs(tok, [pair for item in pairs for pair in item]))
+    for i, item_pairs in enumerate(pairs):
+        requests = [next(encoded) for _ in item_pairs]
         packed = pack(requests)
         if len(packed.tokens) <= max_len:
             yield i, packed

@@ -7,7 +7,16 @@ import pytest
 import torch
 
 from smollm import ModelConfig, SmolLM, evals
-from smollm.evals import Item, encode_pair, load_items, pack, pack_alone, score_one, score_packed
+from smollm.evals import (
+    Item,
+    encode_pair,
+    encode_pairs,
+    load_items,
+    pack,
+    pack_alone,
+    score_one,
+    score_packed,
+)
 
 from .conftest import make_docs, smol, write_jsonl
 
@@ -44,6 +53,28 @@ def test_prompt_formats_are_lm_evaluation_harness_s():
     )
     assert [c for _, c in csqa] == [" A", " B", " C", " D", " E"] and first["csqa"].gold == 0
     assert first["openbookqa"].requests()[0][1] == " Deep sea animals"
+
+
+def test_one_tokenizer_call_splits_as_lm_evaluation_harness_does_request_by_request(tokenizer):
+    """lm-eval encodes context and context + continuation of each request on its own; encode_pairs
+    encodes every distinct string of a whole task in one call and must give the same tokens."""
+
+    def theirs(context: str, continuation: str) -> tuple[list[int], list[int]]:
+        spaces = len(context) - len(context.rstrip())
+        if spaces:
+            continuation, context = context[-spaces:] + continuation, context[:-spaces]
+        whole = tokenizer.encode(context + continuation, add_special_tokens=False)
+        if not context:
+            return [tokenizer.eos_token_id], whole
+        ctx = tokenizer.encode(context, add_special_tokens=False)
+        return ctx, whole[len(ctx) :]
+
+    pairs = [pair for t in evals.TASKS for item in load_items(t, 20) for pair in item.requests()]
+    pairs += [("Answer: ", "yes"), ("", " no"), ("Answer:", " yes"), ("Answer:  ", "")]
+    got = encode_pairs(tokenizer, pairs)
+    assert got == [theirs(c, x) for c, x in pairs]
+    assert got[-4] == got[-2]
+    assert [encode_pair(tokenizer, c, x) for c, x in pairs[:30]] == got[:30]
 
 
 def test_each_answer_scores_the_sum_of_its_token_log_probabilities(tokenizer):
