@@ -3,7 +3,7 @@
 #   .gpu/eval/whl/   lm-eval 0.4.13 and those of its dependencies a stock torch/transformers image
 #                    lacks (Python 3.12 wheels; three pure-Python sdists built into wheels here)
 #   .gpu/eval/data/  the validation arrow files of smol eval's eight tasks (13 MB; not the 85 MB wheel)
-# gpu-session.sh then runs the side-by-side benchmark on CUDA as its last step.
+# benchmarks/gpu-eval.sh then runs the side-by-side benchmark on CUDA.
 # Usage, from the project root after `make setup`:  bash benchmarks/gpu-eval-bundle.sh
 set -eu
 root=$(git rev-parse --show-toplevel); cd "$root"

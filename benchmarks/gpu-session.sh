@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# Every GPU figure of the project in one call to a GPU machine (about 6-7 minutes on an H100/H200):
+# The GPU training and decode figures in one call to a GPU machine (about 7 minutes on an H100/H200):
 #   1. `smol train` of SmolLM2-135M at 2048 context, compiled, 32x2048 per step: tokens/s and MFU
 #      as the training loop itself reports them (perf.jsonl);
 #   2. benchmarks/gpu.py: matmul peak, SDPA backends, training rows vs transformers (eager and
 #      compiled, 16x2048) and a profile of our compiled step;
-#   3. decode on the weights trained in 1 (gpu.py --only decode) and `smol generate` there;
-#   4. when .gpu/eval/ is there (benchmarks/gpu-eval-bundle.sh): `smol eval`'s scoring against
-#      lm-evaluation-harness on CUDA, on the weights trained in 1 (benchmarks/evals.py, about 2 min).
+#   3. decode on the weights trained in 1 (gpu.py --only decode) and `smol generate` there.
+# On an H100 it took 7.3 minutes (results/benchmarks/gpu-h100.md). `smol eval` against lm-eval on
+# CUDA is a second call on the still-warm machine, on the weights trained here: gpu-eval.sh.
 # Usage, from the project root:  bash ../shared/gpu/bundle.sh (here, once), then on the GPU machine
 #   bash benchmarks/gpu-session.sh OUT_DIR      (OUT_DIR default: $OUT, else /tmp/smollm-gpu)
 set -uo pipefail
@@ -30,9 +30,3 @@ echo "== decode on the trained weights"
 ids=$(python3 -c "from transformers import AutoTokenizer; t=AutoTokenizer.from_pretrained('.gpu/tok'); print(','.join(map(str, t('Once upon a time').input_ids)))")
 time python3 benchmarks/gpu.py --only decode --model "$run" --prompt-ids "$ids" --out "$out/gpu-decode.md" 2>&1 | grep -v "Loading weights"
 python3 -m smollm.cli generate "Once upon a time" --model "$run" --max-new-tokens 48 --temperature 0 2>&1 | tail -3
-[ -d .gpu/eval/whl ] || exit 0
-echo "== smol eval vs lm-evaluation-harness on CUDA, on the weights trained in 1"
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-  .gpu/eval/whl/*.whl
-time python3 benchmarks/evals.py --model "$run" --data-dir .gpu/eval/data --device cuda --dtype bf16 \
-  --limit 500 --repeat 2 --batch 16 --out "$out/gpu-eval.md" 2>&1 | grep -v -E "Loading weights|it/s\]"
