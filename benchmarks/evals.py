@@ -93,8 +93,8 @@ def work(model, tok, items: list[evals.Item]) -> tuple[float, float]:
     )
     inputs = {
         (i, tuple(ctx + cont[:-1]))
-        for i, item in enumerate(items)
-        for ctx, cont in (evals.encode_pair(tok, c, x) for c, x in item.requests())
+        for i, requests in enumerate(evals.encode_items(tok, items))
+        for ctx, cont in requests
     }
     return ours, sum(len(k) for _, k in inputs) * (body + head)
 
@@ -185,10 +185,8 @@ def main() -> None:
             rows.append((name, len(items), ours, res, ours_s, theirs_s, theirs_flops / ours_flops))
     what = "packaged SmolLM2-135M-Instruct (Q4_1, " if args.model is None else f"{args.model} ("
     where = f"{torch.get_num_threads()} CPU threads"
-    if model.lm_head.weight.is_cuda:
-        where = (
-            f"{torch.cuda.get_device_name(model.lm_head.weight.device)}, torch {torch.__version__}"
-        )
+    if torch.device(args.device).type == "cuda":
+        where = f"{torch.cuda.get_device_name(args.device)}, torch {torch.__version__}"
     lines = [
         f"smol eval vs lm-evaluation-harness {lm_eval.__version__}: {what}"
         f"as {args.dtype} HF weights), first {args.limit} items per task, batch {args.batch}, {where}, "

@@ -234,6 +234,13 @@ def encode_pair(tok, context: str, continuation: str) -> tuple[list[int], list[i
     return encode_pairs(tok, [(context, continuation)])[0]
 
 
+def encode_items(tok, items: Sequence[Item]) -> list[list[tuple[list[int], list[int]]]]:
+    """Each item's requests as `encode_pairs` splits them, the whole list in one call."""
+    requests = [item.requests() for item in items]
+    encoded = iter(encode_pairs(tok, [pair for pairs in requests for pair in pairs]))
+    return [[next(encoded) for _ in pairs] for pairs in requests]
+
+
 # ---------------------------------------------------------------------------- scoring
 
 
@@ -359,10 +366,7 @@ def ci95(correct: Sequence[bool]) -> float:
 
 def _packs(items: list[Item], tok, max_len: int) -> Iterator[tuple[int, Packed]]:
     """(item index, pack) in order: an item whole, or (past the context) each answer alone."""
-    pairs = [item.requests() for item in items]
-    encoded = iter(encode_pairs(tok, [pair for item in pairs for pair in item]))
-    for i, item_pairs in enumerate(pairs):
-        requests = [next(encoded) for _ in item_pairs]
+    for i, requests in enumerate(encode_items(tok, items)):
         packed = pack(requests)
         if len(packed.tokens) <= max_len:
             yield i, packed
