@@ -166,21 +166,21 @@ def main() -> None:
 
         manager = TaskManager(include_path=str(include))
         for name in names:
-            ours_s = theirs_s = float("inf")
+            ours_turns, theirs_turns = [], []
             for _ in range(args.repeat):
                 t = time.perf_counter()
                 items = evals.load_items(name, args.limit, args.data_dir)
                 ours = evals.run_task(model, tok, name, items, args.batch)
-                ours_s = min(ours_s, time.perf_counter() - t)
+                ours_turns.append(time.perf_counter() - t)
                 t = time.perf_counter()
                 out = _lm_eval_turn(theirs_lm, manager, mapping[name], args.limit)
-                theirs_s = min(theirs_s, time.perf_counter() - t)
+                theirs_turns.append(time.perf_counter() - t)
                 torch.set_num_threads(threads)  # lm-eval may change it
             res = out["results"][mapping[name]]
-            print(
-                f"{name}: {len(items)} items, smol {ours_s:.2f} s, lm-eval {theirs_s:.2f} s",
-                flush=True,
-            )
+            ours_s, theirs_s = min(ours_turns), min(theirs_turns)
+            turns = lambda ts: "/".join(f"{t:.2f}" for t in ts)  # noqa: E731
+            print(f"{name}: {len(items)} items, turns: smol {turns(ours_turns)} s, "
+                  f"lm-eval {turns(theirs_turns)} s", flush=True)  # fmt: skip
             ours_flops, theirs_flops = work(model, tok, items)
             rows.append((name, len(items), ours, res, ours_s, theirs_s, theirs_flops / ours_flops))
     what = "packaged SmolLM2-135M-Instruct (Q4_1, " if args.model is None else f"{args.model} ("

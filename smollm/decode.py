@@ -17,11 +17,14 @@ from __future__ import annotations
 import contextlib
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 import torch
 
 from smollm.kvcache import KVCache
+
+T = TypeVar("T")
 
 MIN_LENGTH = 256  # shortest cache bucket: short generations share one graph
 
@@ -32,6 +35,23 @@ def bucket(n: int, minimum: int = 1, cap: int | None = None) -> int:
     while size < n or size < minimum:
         size *= 2
     return min(size, cap) if cap is not None else size
+
+
+def capture(run: Callable[[], T], warmup: int, pool=None) -> tuple[torch.cuda.CUDAGraph, T]:
+    """A CUDA graph of one call of `run` (its output: tensors the graph rewrites at each replay),
+    after `warmup` calls on a side stream (they compile, pick kernels, create library handles).
+    Graphs given one `pool` share their memory: replay them one at a time, each output used
+    before the next replay."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(warmup):
+            run()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, pool=pool):
+        out = run()
+    return graph, out
 
 
 class StaticDecoder:
@@ -54,6 +74,7 @@ class StaticDecoder:
         if graph:
             self._capture()
 
+    @torch.no_grad()  # inference only, whoever calls (a graph captured with autograd would fail)
     def _run(self) -> torch.Tensor:
         self.cache.slot = self.slot
         try:
@@ -62,17 +83,8 @@ class StaticDecoder:
             self.cache.slot = None
 
     def _capture(self) -> None:
-        """Warm up on a side stream (compiles, picks kernels), then capture one step."""
         self.slot.fill_(self.cache.max_len - 1)
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(3):
-                self._run()
-        torch.cuda.current_stream().wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.logits = self._run()
+        self.graph, self.logits = capture(self._run, warmup=3)
         self.cache.valid.zero_()  # the warm-up wrote the last slot; nothing is valid yet
 
     def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:

@@ -21,6 +21,7 @@ import os
 import re
 import statistics
 import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -294,18 +295,85 @@ def _mask(p: Packed, width: int) -> np.ndarray:
     return mask
 
 
+class StaticForwards:
+    """The model's body at fixed (rows, width) shapes, for GPUs: a forward of a few thousand tokens
+    is bound by launching its ~2,300 kernels from Python, not by the arithmetic, so each shape is
+    captured once as a CUDA graph (`graph=True`) and replayed. Shapes are powers of two (rows, and
+    width from 32), so a task needs a handful and tasks share them; the graphs share one memory
+    pool. On CPU (`graph=False`) the same static-buffer path runs eagerly, for the tests."""
+
+    def __init__(self, model, graph: bool) -> None:
+        self.model, self.graph = model, graph
+        self.pool = torch.cuda.graph_pool_handle() if graph else None
+        self.shapes: dict[tuple[int, int], tuple] = {}  # (rows, width) -> buffers, graph, output
+
+    def shape(self, rows: int, width: int) -> tuple[int, int]:
+        from smollm.decode import bucket
+
+        return bucket(rows), bucket(width, 32, max(width, self.model.config.max_seq_len))
+
+    @torch.no_grad()
+    def __call__(self, ids: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Hidden states (rows, width, dim) of host inputs already at a `shape`."""
+        key = tuple(ids.shape)
+        if key not in self.shapes:
+            device = next(self.model.parameters()).device
+            inputs = tuple(t.to(device) for t in (ids, pos, mask))
+            run = lambda: self.model.model(*inputs, None)  # noqa: E731
+            if self.graph:
+                from smollm.decode import capture
+
+                graph, out = capture(run, warmup=1, pool=self.pool)
+            else:
+                graph, out = None, None
+            self.shapes[key] = inputs, run, graph, out
+        inputs, run, graph, out = self.shapes[key]
+        for buf, t in zip(inputs, (ids, pos, mask), strict=True):
+            buf.copy_(t)
+        if graph is None:
+            return run()
+        graph.replay()
+        return out
+
+
+_STATIC: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def static_forwards(model, graph: bool) -> StaticForwards:
+    """The model's StaticForwards, kept while the model lives; new ones once its weights moved
+    (a graph reads the weights where they were when it was captured)."""
+    param = next(model.parameters())
+    key = (param.data_ptr(), param.device, param.dtype, graph)
+    held = _STATIC.get(model)
+    if held is None or held[0] != key:
+        held = _STATIC[model] = (key, StaticForwards(model, graph))
+    return held[1]
+
+
+_EMPTY = Packed([], [], [], [])  # a padding row: token 0 at position 0, attending to itself
+
+
 @torch.no_grad()
-def score_packed(model, batch: list[Packed]) -> list[dict[int, float]]:
-    """Sum of answer-token log-probabilities per answer, for several packed items in one forward."""
+def score_packed(
+    model, batch: list[Packed], static: StaticForwards | None = None
+) -> list[dict[int, float]]:
+    """Sum of answer-token log-probabilities per answer, for several packed items in one forward
+    (through `static` at its padded shape, if given)."""
     device = next(model.parameters()).device
-    width = max(len(p.tokens) for p in batch)
-    ids = torch.zeros(len(batch), width, dtype=torch.long)
-    pos = torch.zeros(len(batch), width, dtype=torch.long)
+    rows, width = len(batch), max(len(p.tokens) for p in batch)
+    if static is not None:
+        rows, width = static.shape(rows, width)
+    ids = torch.zeros(rows, width, dtype=torch.long)
+    pos = torch.zeros(rows, width, dtype=torch.long)
     for row, p in enumerate(batch):
         ids[row, : len(p.tokens)] = torch.tensor(p.tokens)
         pos[row, : len(p.positions)] = torch.tensor(p.positions)
-    mask = torch.from_numpy(np.stack([_mask(p, width) for p in batch]))[:, None]  # (B, 1, T, T)
-    hidden = model.model(ids.to(device), pos.to(device), mask.to(device), None)  # (B, T, dim)
+    padded = batch + [_EMPTY] * (rows - len(batch))
+    mask = torch.from_numpy(np.stack([_mask(p, width) for p in padded]))[:, None]  # (B, 1, T, T)
+    if static is not None:
+        hidden = static(ids, pos, mask)
+    else:  # (B, T, dim)
+        hidden = model.model(ids.to(device), pos.to(device), mask.to(device), None)
     # the output layer runs once per token that predicts an answer token (answers sharing a word
     # predict it from the same token)
     unique: dict[tuple[int, int], int] = {}  # (row, token) -> its row in `logits`
@@ -391,11 +459,17 @@ def _batches(lengths: list[int], batch_size: int) -> list[list[int]]:
 
 
 def run_task(
-    model, tok, task: str, items: list[Item], batch_size: int = 16, progress: bool = False
-) -> TaskResult:
-    """acc (and acc_norm) with 95% CIs of a model on a task's items."""
+    model, tok, task: str, items: list[Item], batch_size: int = 16, progress: bool = False,
+    graphs: bool | None = None,
+) -> TaskResult:  # fmt: skip
+    """acc (and acc_norm) with 95% CIs of a model on a task's items. `graphs` (default: on CUDA,
+    outside autocast) runs the forwards as CUDA graphs (`StaticForwards`), kept with the model."""
     from tqdm.auto import tqdm
 
+    device = next(model.parameters()).device
+    if graphs is None:
+        graphs = device.type == "cuda" and not torch.is_autocast_enabled(device.type)
+    static = static_forwards(model, graph=True) if graphs else None
     was_training = model.training
     model.eval()
     start = time.perf_counter()
@@ -405,7 +479,8 @@ def run_task(
     done = 0
     for batch in _batches([len(p.tokens) for _, p in packs], batch_size):
         chunk = [packs[k] for k in batch]
-        for (i, _), sums in zip(chunk, score_packed(model, [p for _, p in chunk]), strict=True):
+        sums_of = score_packed(model, [p for _, p in chunk], static)
+        for (i, _), sums in zip(chunk, sums_of, strict=True):
             scores[i].update(sums)
         done += len(chunk)
         bar.update(min(len(items), round(len(items) * done / len(packs))) - bar.n)
@@ -448,7 +523,8 @@ class Downstream:
         out = {}
         with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
             for task, items in self.items.items():
-                r = run_task(model, self.tok, task, items)
+                # eager: a training run's weights and memory are not the graphs' to hold
+                r = run_task(model, self.tok, task, items, graphs=False)
                 out[task] = {"acc": r.acc, **({"acc_norm": r.acc_norm} if r.acc_norm is not None else {}),
                              "items": r.items}  # fmt: skip
         return out

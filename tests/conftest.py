@@ -61,9 +61,11 @@ def hf_real_model(gguf_path):
 
 @pytest.fixture(scope="session")
 def tokenizer():
+    """The SmolLM2 tokenizer; $SMOLLM_TEST_TOKENIZER names its HF files where the packaged GGUF
+    is not installed (the GPU machine: .gpu/tok)."""
     from smollm import load_tokenizer
 
-    return load_tokenizer()
+    return load_tokenizer(os.environ.get("SMOLLM_TEST_TOKENIZER", "smollm2"))
 
 
 def write_jsonl(path, texts, field="text"):

@@ -129,6 +129,46 @@ def test_answers_sharing_words_share_their_tokens_and_score_as_alone(tokenizer):
     assert got[0][0] == got[0][3] and got[1][1] == pytest.approx(got[0][4], abs=1e-5)
 
 
+def test_static_shapes_score_as_the_exact_ones(tokenizer):
+    """The GPU path's padded shapes (rows and width rounded up to powers of two, padding rows that
+    attend only to themselves), run eagerly here: the same scores as each batch's exact shape, and
+    a few shapes serve every batch of every task."""
+    model = tiny_model()
+    static = evals.StaticForwards(model, graph=False)
+    items = [it for t in evals.TASKS for it in load_items(t, 12)]
+    packs = [p for _, p in evals._packs(items, tokenizer, model.config.max_seq_len)]
+    batches = evals._batches([len(p.tokens) for p in packs], 5)
+    for batch in batches:
+        chunk = [packs[k] for k in batch]
+        got, want = score_packed(model, chunk, static), score_packed(model, chunk)
+        for g, w in zip(got, want, strict=True):
+            assert g.keys() == w.keys()
+            assert all(g[a] == pytest.approx(w[a], abs=1e-4) for a in w)
+    for rows, width in static.shapes:
+        assert rows & (rows - 1) == 0 and width & (width - 1) == 0 and width >= 32
+    assert len(static.shapes) < len(batches)
+    assert static.shape(3, 33) == (4, 64) and static.shape(16, 500) == (16, 512)
+
+
+@pytest.mark.gpu
+def test_cuda_graphs_score_as_eager_and_follow_the_weights(tokenizer):
+    """On CUDA run_task replays captured graphs: the eager scores, graphs reused on a second run,
+    new ones once the weights moved (a cast)."""
+    model = tiny_model().cuda()
+    items = load_items("arc_easy", 40)
+    eager = evals.run_task(model, tokenizer, "arc_easy", items, graphs=False)
+    graphed = evals.run_task(model, tokenizer, "arc_easy", items)
+    static = evals.static_forwards(model, graph=True)
+    shapes = dict(static.shapes)
+    assert shapes and (graphed.acc, graphed.acc_norm) == (eager.acc, eager.acc_norm)
+    evals.run_task(model, tokenizer, "arc_easy", items)
+    assert static.shapes == shapes and evals.static_forwards(model, graph=True) is static
+    model.to(torch.bfloat16)
+    assert evals.static_forwards(model, graph=True) is not static
+    halves = evals.run_task(model, tokenizer, "arc_easy", items)
+    assert abs(halves.acc - eager.acc) <= 0.1
+
+
 def test_long_items_go_fewer_to_a_forward():
     """Longest first, at most `batch_size` per forward, and a forward's padded size within
     `batch_size` median-length items unless one item alone is longer."""
