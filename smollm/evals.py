@@ -337,14 +337,14 @@ class StaticForwards:
 _STATIC: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def static_forwards(model, graph: bool) -> StaticForwards:
-    """The model's StaticForwards, kept while the model lives; new ones once its weights moved
-    (a graph reads the weights where they were when it was captured)."""
+def static_forwards(model) -> StaticForwards:
+    """The model's CUDA-graph StaticForwards, kept while the model lives; new ones once its weights
+    moved (a graph reads the weights where they were when it was captured)."""
     param = next(model.parameters())
-    key = (param.data_ptr(), param.device, param.dtype, graph)
+    key = (param.data_ptr(), param.device, param.dtype)
     held = _STATIC.get(model)
     if held is None or held[0] != key:
-        held = _STATIC[model] = (key, StaticForwards(model, graph))
+        held = _STATIC[model] = (key, StaticForwards(model, graph=True))
     return held[1]
 
 
@@ -467,7 +467,7 @@ def run_task(
     device = next(model.parameters()).device
     if graphs is None:
         graphs = device.type == "cuda" and not torch.is_autocast_enabled(device.type)
-    static = static_forwards(model, graph=True) if graphs else None
+    static = static_forwards(model) if graphs else None
     was_training = model.training
     model.eval()
     start = time.perf_counter()
@@ -521,7 +521,8 @@ class Downstream:
         out = {}
         with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
             for task, items in self.items.items():
-                # eager: a training run's weights and memory are not the graphs' to hold
+                # eager: graphs would hold their memory through training (and under autocast
+                # keep reading the bf16 copies of the weights made when they were captured)
                 r = run_task(model, self.tok, task, items, graphs=False)
                 out[task] = {"acc": r.acc, **({"acc_norm": r.acc_norm} if r.acc_norm is not None else {}),
                              "items": r.items}  # fmt: skip

@@ -152,20 +152,28 @@ def test_static_shapes_score_as_the_exact_ones(tokenizer):
 
 @pytest.mark.gpu
 def test_cuda_graphs_score_as_eager_and_follow_the_weights(tokenizer):
-    """On CUDA run_task replays captured graphs: the eager scores, graphs reused on a second run,
-    new ones once the weights moved (a cast)."""
+    """On CUDA run_task replays captured graphs: each answer's eager score, graphs reused on a
+    second run, new ones once the weights moved (a cast)."""
     model = tiny_model().cuda()
-    items = load_items("arc_easy", 40)
-    eager = evals.run_task(model, tokenizer, "arc_easy", items, graphs=False)
-    graphed = evals.run_task(model, tokenizer, "arc_easy", items)
-    static = evals.static_forwards(model, graph=True)
-    shapes = dict(static.shapes)
+    items = [it for t in evals.TASKS for it in load_items(t, 10)]
+    packs = [p for _, p in evals._packs(items, tokenizer, model.config.max_seq_len)]
+    static = evals.static_forwards(model)
+    for batch in evals._batches([len(p.tokens) for p in packs], 6):
+        chunk = [packs[k] for k in batch]
+        for g, w in zip(
+            score_packed(model, chunk, static), score_packed(model, chunk), strict=True
+        ):
+            assert g.keys() == w.keys() and all(g[a] == pytest.approx(w[a], abs=1e-3) for a in w)
+    arc = load_items("arc_easy", 40)
+    eager = evals.run_task(model, tokenizer, "arc_easy", arc, graphs=False)
+    graphed = evals.run_task(model, tokenizer, "arc_easy", arc)
+    shapes = list(static.shapes)
     assert shapes and (graphed.acc, graphed.acc_norm) == (eager.acc, eager.acc_norm)
-    evals.run_task(model, tokenizer, "arc_easy", items)
-    assert static.shapes == shapes and evals.static_forwards(model, graph=True) is static
+    evals.run_task(model, tokenizer, "arc_easy", arc)
+    assert list(static.shapes) == shapes and evals.static_forwards(model) is static
     model.to(torch.bfloat16)
-    assert evals.static_forwards(model, graph=True) is not static
-    halves = evals.run_task(model, tokenizer, "arc_easy", items)
+    assert evals.static_forwards(model) is not static
+    halves = evals.run_task(model, tokenizer, "arc_easy", arc)
     assert abs(halves.acc - eager.acc) <= 0.1
 
 
