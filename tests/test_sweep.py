@@ -209,11 +209,17 @@ def postgres():
         port = s.getsockname()[1]
 
     def run(*cmd: str) -> None:
-        subprocess.run([*as_pg, *cmd], check=True, capture_output=True, text=True, timeout=120)
+        done = subprocess.run([*as_pg, *cmd], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, f"{Path(cmd[0]).name} failed: {done.stderr.strip()}"
 
-    run(str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres", "--no-sync")
-    opts = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"
-    run(str(bindir / "pg_ctl"), "-D", str(data), "-o", opts, "-l", str(root / "log"), "-w", "start")
+    try:  # a cluster that cannot start leaves no directory behind
+        run(str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres", "--no-sync")
+        opts = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"
+        log = str(root / "log")
+        run(str(bindir / "pg_ctl"), "-D", str(data), "-o", opts, "-l", log, "-w", "start")
+    except BaseException:
+        shutil.rmtree(root, ignore_errors=True)
+        raise
     try:
         yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/postgres"
     finally:
