@@ -1,6 +1,6 @@
 """`smol run ablation`: every (variant, seed) of an ablation file, resumable, in one or N processes.
 
-An ablation file (`smollm/configs/ablations/*.yaml`, or any path):
+An ablation file (`experiments/*.yaml`, or any path):
     name: default
     base: {model: {...}, data: {...}, train: {...}, tracking: {...}}   # an experiment, as for smol train
     from_sweep: default                                                 # optional: best params of a study
@@ -38,7 +38,16 @@ from smollm.experiment import (
     read_mapping,
     to_experiment,
 )
-from smollm.rundir import AblationDir, RunDir, RunDirBusy, RunDirError, read_json, write_json
+from smollm.rundir import (
+    AblationDir,
+    RunDir,
+    RunDirBusy,
+    RunDirError,
+    path_segment,
+    read_json,
+    run_name,
+    write_json,
+)
 
 ABLATION_KEYS = {"name", "base", "variants", "seeds", "baseline", "reference", "description", "from_sweep", "tune"}  # fmt: skip
 TUNE_KEYS = {"space", "n_trials", "seeds", "objective", "sampler", "pruner", "overrides", "timeout",
@@ -138,8 +147,11 @@ def load_ablation(path: str | Path, overrides: list[str] | None = None) -> Ablat
         or len(set(seeds)) != len(seeds)
     ):
         raise ConfigError(f"{path}: seeds must be a list of distinct integers")  # fmt: skip
+    name = path_segment(str(raw.get("name") or Path(path).stem), f"{path}: ablation")
+    for v in variants:
+        run_name(v.name, 0)  # a variant's name is part of its runs' directory names
     ablation = Ablation(
-        name=str(raw.get("name") or Path(path).stem), base=base, variants=variants,
+        name=name, base=base, variants=variants,
         seeds=tuple(seeds), baseline=str(raw.get("baseline") or names[0]),
         reference=bool(raw.get("reference", True)), description=str(raw.get("description") or ""), raw=raw,
         source=(str(path), tuple(overrides or ())), tune=_tune_spec(raw.get("tune"), path),

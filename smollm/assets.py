@@ -1,5 +1,5 @@
-"""Where offline assets live: the packaged SmolLM2 GGUF, the ablation and sweep files shipped in the
-package (by name), and the smollm cache directory."""
+"""Where offline assets live: the packaged SmolLM2 GGUF, the shipped experiment, ablation and sweep
+files (by name: `experiments/`, `sweeps/`), and the smollm cache directory."""
 
 from __future__ import annotations
 
@@ -82,17 +82,45 @@ def atomic_dir(target: Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-CONFIG_KINDS = {"ablation": "ablations", "sweep": "sweeps"}
+# The shipped files live at the top of a checkout (experiments/: ablation, ladder and single
+# experiment files; sweeps/: sweep files); a wheel carries the same folders as smollm/shipped/*
+# (pyproject.toml maps them at build time), so there is one copy of each file.
+CONFIG_FOLDERS = {"ablation": "experiments", "experiment": "experiments", "sweep": "sweeps"}
+
+
+def shipped_folder(folder: str) -> Path:
+    """experiments/ or sweeps/: the wheel's copy when installed, else the checkout's top level."""
+    package = Path(__file__).resolve().parent
+    for path in (package / "shipped" / folder, package.parent / folder):
+        if path.is_dir():
+            return path
+    raise AssetError(
+        f"the shipped {folder}/ folder is missing (neither {package / 'shipped' / folder} nor "
+        f"{package.parent / folder}); reinstall smollm"
+    )
+
+
+def config_kind(path: Path) -> str:
+    """What a YAML file holds, from its top-level keys: ablation (`variants`), sweep (`space`) or
+    experiment (anything else: model/data/train/tracking)."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return "unreadable"
+    keys = set(data) if isinstance(data, dict) else set()
+    return "ablation" if "variants" in keys else "sweep" if "space" in keys else "experiment"
 
 
 def shipped_configs(kind: str) -> dict[str, Path]:
-    """The ablation or sweep files that ship inside the package, by name."""
-    folder = Path(__file__).resolve().parent / "configs" / CONFIG_KINDS[kind]
-    return {p.stem: p for p in sorted(folder.glob("*.yaml"))}
+    """The shipped ablation, experiment or sweep files, by name (the file's stem)."""
+    folder = shipped_folder(CONFIG_FOLDERS[kind])
+    return {p.stem: p for p in sorted(folder.glob("*.yaml")) if config_kind(p) == kind}
 
 
 def config_file(kind: str, name_or_path: str) -> Path:
-    """An ablation/sweep file: a path as given, else a shipped one by name (`smoke`, `default`)."""
+    """An ablation/experiment/sweep file: a path as given, else a shipped one by name (`smoke`)."""
     path = Path(name_or_path)
     if path.is_file():
         return path

@@ -258,7 +258,10 @@ def data_sample(
 
 @app.command(context_settings={"allow_extra_args": False})
 def train(
-    config: Annotated[str | None, typer.Argument(help="Experiment YAML (optional)")] = None,
+    config: Annotated[
+        str | None,
+        typer.Argument(help="Experiment YAML, or a shipped experiment's name (train-135m)"),
+    ] = None,
     overrides: Annotated[
         list[str] | None,
         typer.Argument(help="key=value overrides, e.g. train.lr=1e-3 model.preset=v1"),
@@ -275,12 +278,15 @@ def train(
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar")] = False,
 ) -> None:
     """Train one experiment: CONFIG.yaml plus key=value overrides. Re-running resumes."""
+    from smollm.assets import config_file
     from smollm.experiment import load_experiment
     from smollm.rundir import default_run_dir
     from smollm.train import train as run_train
 
     if config is not None and "=" in config:  # only overrides were given
         overrides, config = [config, *(overrides or [])], None
+    if config is not None:
+        config = str(config_file("experiment", config))
     exp = load_experiment(config, overrides or [])
     target = Path(run_dir) if run_dir else default_run_dir(config).path
     summary = run_train(exp, target, progress=not quiet, replace="always" if replace else "never")
@@ -399,8 +405,17 @@ def results(
     ] = None,
     runs_dir: RunsDirOpt = "runs",
     results_dir: ResultsDirOpt = "results",
+    wandb: Annotated[
+        bool,
+        typer.Option(
+            "--wandb/--no-wandb",
+            help="Also (re)publish each ablation's W&B summary run (table, figures, headline "
+            "numbers), tracked as its runs were",
+        ),
+    ] = True,
 ) -> None:
-    """Rebuild results/<ablation>/ (summary.md, summary.csv, loss_curves.png) from run directories."""
+    """Rebuild results/<ablation>/ (summary.md, summary.csv, loss_curves.png, forest.png) from run
+    directories, and the ablation's W&B summary run."""
     from smollm.results import build_results
     from smollm.rundir import ablation_names
 
@@ -408,7 +423,7 @@ def results(
     if not names:
         raise SmolError(f"no ablations under {runs_dir}/; run `smol run ablation` first")
     for name in names:
-        typer.echo(f"wrote {build_results(name, Path(runs_dir), Path(results_dir))}")
+        typer.echo(f"wrote {build_results(name, Path(runs_dir), Path(results_dir), wandb)}")
 
 
 sweep_app = typer.Typer(

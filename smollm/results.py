@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from smollm.config import SmolError
-from smollm.rundir import AblationDir, RunDir, RunDirError, code_versions, read_json
+from smollm.rundir import AblationDir, RunDir, RunDirError, code_versions, path_segment, read_json
 from smollm.stats import holm, mean_ci, min_detectable, paired_test
 
 
@@ -122,6 +122,49 @@ def write_csv(rows: list[dict[str, Any]], path: Path, digits: int | None = 6) ->
             for k, v in row.items()
         })  # fmt: skip
     path.write_text(buf.getvalue())
+
+
+def read_csv_typed(path: Path) -> tuple[list[str], list[list[Any]]]:
+    """A CSV written by write_csv, as (columns, rows) with its cells typed back: empty -> None,
+    True/False -> bool, numbers -> int or float (the printed decimals, exactly), else text."""
+
+    def typed(cell: str) -> Any:
+        if cell in ("", "True", "False"):
+            return {"": None, "True": True, "False": False}[cell]
+        for kind in (int, float):
+            try:
+                return kind(cell)
+            except ValueError:
+                pass
+        return cell
+
+    with path.open(newline="") as fh:
+        columns, *rows = list(csv.reader(fh))
+    return columns, [[typed(c) for c in row] for row in rows]
+
+
+def _headline(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The numbers a dashboard shows first, per variant: bpb, paired Δ, its CI, Holm p, resolved."""
+    keys = {"val_bpb": "val_bpb", "delta_bpb": "delta_bpb_vs_baseline",
+            "delta_bpb_ci95": "delta_bpb_ci95", "p_holm": "delta_bpb_p_holm", "resolved": "resolved"}  # fmt: skip
+    return {
+        f"{r['variant']}/{name}": r[key]
+        for r in rows
+        for name, key in keys.items()
+        if r[key] is not None and not (isinstance(r[key], float) and math.isnan(r[key]))
+    }
+
+
+def _publish(root: AblationDir, runs: dict[str, dict[int, dict[str, Any]]], rows, out: Path) -> None:
+    """The tables and figures as the ablation's W&B summary run, tracked as its runs were."""
+    from smollm.tracking import publish_ablation
+
+    configs = [r["summary"].get("config") or {} for seeds in runs.values() for r in seeds.values()]
+    tracking = next((c["tracking"] for c in configs if "tracking" in c), None)
+    if tracking is None:  # no run has recorded its config: nothing was tracked
+        return
+    images = {"forest": out / "forest.png", "loss_curves": out / "loss_curves.png"}
+    publish_ablation(root, tracking, read_csv_typed(out / "summary.csv"), images, _headline(rows))
 
 
 def _pct(m: float | None, ci: float | None) -> str:
@@ -335,8 +378,9 @@ def _wandb_note(runs: dict[str, dict[int, dict[str, Any]]], ablation: str) -> li
             "with `variant` and `seed` in its config (group by `variant` for the seed bands).", ""]  # fmt: skip
 
 
-def build_results(ablation: str, runs_root: Path, out_root: Path) -> Path:
-    """Write results/<ablation>/{summary.md, summary.csv, loss_curves.png} and the index."""
+def build_results(ablation: str, runs_root: Path, out_root: Path, publish: bool = True) -> Path:
+    """Write results/<ablation>/{summary.md, summary.csv, loss_curves.png, forest.png} and the
+    index; with `publish`, also the ablation's W&B summary run (when its runs were tracked)."""
     root = AblationDir(runs_root, ablation)
     if not root.exists():
         raise SmolError(f"no ablation runs in {root.path}; run `smol run ablation` first")
@@ -371,6 +415,8 @@ def build_results(ablation: str, runs_root: Path, out_root: Path) -> Path:
         f"{ablation}: loss (mean, min-max band over seeds)",
     )
     write_index(out_root)
+    if publish:
+        _publish(root, runs, rows, out)
     return out
 
 
@@ -423,7 +469,7 @@ def write_sweep_results(name: str, url: str, out_root: Path) -> Path:
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     study = load_study(name, url)
-    out = out_root / "sweeps" / name
+    out = out_root / "sweeps" / path_segment(name, "sweep")
     out.mkdir(parents=True, exist_ok=True)
     keys = sorted({k for t in study.trials for k in t.params})
     rows = [

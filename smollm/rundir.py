@@ -12,8 +12,8 @@ A run directory (`RunDir`) holds:
     .lock           held by the one process writing the directory
 
 The summary has one writer (`RunDir.write_summary`) and a typed status. An ablation's directory
-(`AblationDir`) holds its file, provenance, the pretrained reference and one run per
-(variant, seed), named `<variant>-s<seed>`; a sweep's (`SweepDir`) holds `trial-NNNN` runs and the
+(`AblationDir`) holds its file, provenance, the pretrained reference, one run per
+(variant, seed), named `<variant>-s<seed>`, and `summary/`, the W&B run of its tables; a sweep's (`SweepDir`) holds `trial-NNNN` runs and the
 default SQLite study.
 """
 
@@ -294,16 +294,31 @@ def code_versions(run_dirs: Iterable[Path]) -> str:
     return ", ".join(sorted(shas)) or "unknown"
 
 
+def path_segment(name: Any, what: str) -> str:
+    """A name that becomes a directory (an ablation, sweep, ladder or variant): exactly one path
+    segment, so it never writes outside its folder; anything else is a RunDirError naming it."""
+    bad = (
+        not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\\" in name
+        or not name.isprintable() or name != name.strip()
+    )  # fmt: skip
+    if bad:
+        raise RunDirError(
+            f"{what} name {name!r} cannot be a directory name: give one path segment (no '/', "
+            "not '.' or '..', not empty, printable, no leading or trailing spaces)"
+        )
+    return name
+
+
 def run_name(variant: str, seed: int) -> str:
     """An ablation run's directory name: `<variant>-s<seed>`."""
-    return f"{variant}-s{seed}"
+    return f"{path_segment(variant, 'variant')}-s{seed}"
 
 
 class AblationDir:
     """runs/<ablation>/: the ablation file as run, its provenance, the reference, the runs."""
 
     def __init__(self, runs_root: Path, name: str) -> None:
-        self.path = Path(runs_root) / name
+        self.path = Path(runs_root) / path_segment(name, "ablation")
         self.name = name
 
     spec = property(lambda self: self.path / "ablation.json")
@@ -311,6 +326,8 @@ class AblationDir:
     reference = property(lambda self: RunDir(self.path / "reference"))
     tune = property(lambda self: self.path / "tune")  # per-variant searches: study.db, trials
     tuned = property(lambda self: self.path / "tuned.json")  # each variant's best parameters
+    # the W&B run that carries the ablation's tables (wandb_id, wandb/), one per ablation
+    summary_run = property(lambda self: RunDir(self.path / "summary"))
 
     def run(self, variant: str, seed: int) -> RunDir:
         return RunDir(self.path / run_name(variant, seed))
@@ -335,7 +352,7 @@ class SweepDir:
     """runs/sweeps/<sweep>/: one run directory per trial, and the default SQLite study."""
 
     def __init__(self, runs_root: Path, name: str) -> None:
-        self.path = Path(runs_root) / "sweeps" / name
+        self.path = Path(runs_root) / "sweeps" / path_segment(name, "sweep")
 
     def trial(self, number: int, seed: int | None = None) -> RunDir:
         """trial-NNNN, or trial-NNNN-sS for one seed of a trial that trains several."""

@@ -8,11 +8,12 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 from pathlib import Path
 from typing import Any
 
 from smollm.config import TrackingConfig
-from smollm.rundir import JSONL, RunDir, truncate_jsonl
+from smollm.rundir import JSONL, AblationDir, RunDir, truncate_jsonl
 
 
 def wandb_mode(requested: str) -> str:
@@ -26,6 +27,16 @@ def wandb_mode(requested: str) -> str:
     if not has_key and netrc.is_file():
         has_key = "api.wandb.ai" in netrc.read_text(errors="ignore")
     return "online" if has_key else "offline"
+
+
+def _wandb_id(run: RunDir) -> str:
+    """The run's W&B id, made and recorded the first time: a resume continues the same W&B run."""
+    if run.wandb_id.is_file():
+        return run.wandb_id.read_text().strip()
+    run.path.mkdir(parents=True, exist_ok=True)
+    run_id = secrets.token_hex(4)
+    run.wandb_id.write_text(run_id)
+    return run_id
 
 
 class Tracker:
@@ -46,12 +57,10 @@ class Tracker:
     def _init_wandb(self, cfg: TrackingConfig, config: dict[str, Any]):
         import wandb
 
-        id_file = self.run.wandb_id
-        run_id = id_file.read_text().strip() if id_file.is_file() else secrets.token_hex(4)
+        run_id = _wandb_id(self.run)
         # variant and seed at the top of the config: the dashboard groups an ablation's seeds by
         # variant (group = the ablation) and draws their band
         config = {**config, "variant": cfg.variant or None, "seed": config["train"]["seed"]}
-        id_file.write_text(run_id)
         run = wandb.init(
             project=cfg.project, entity=cfg.entity or None, group=cfg.group or None, job_type=cfg.job_type,
             tags=list(cfg.tags), name=cfg.name or self.run.name, config=config, dir=str(self.run.path),
@@ -104,3 +113,35 @@ class Tracker:
         if self.wandb is not None:
             self.wandb.finish(exit_code=exit_code)
             self.wandb = None
+
+
+def publish_ablation(
+    root: AblationDir,
+    tracking: dict[str, Any],
+    table: tuple[list[str], list[list[Any]]],
+    images: dict[str, Path],
+    headline: dict[str, Any],
+) -> str | None:
+    """The ablation's answer on W&B: one run in its group (job_type `summary`) with the table, the
+    figures and the headline numbers in its summary. It keeps one id, so publishing again replaces
+    it (online: the same run, its summary overwritten; offline: the old files are removed first).
+    Returns the mode it was published in, None when tracking is disabled."""
+    mode = wandb_mode(tracking.get("mode", "auto"))
+    if mode == "disabled":
+        return None
+    import wandb
+
+    run_dir = root.summary_run
+    shutil.rmtree(run_dir.path / "wandb", ignore_errors=True)
+    run = wandb.init(
+        project=tracking.get("project") or "smollm", entity=tracking.get("entity") or None,
+        group=root.name, job_type="summary", name=f"{root.name}-summary", id=_wandb_id(run_dir),
+        resume="allow", mode=mode, dir=str(run_dir.path), config={"ablation": root.name},
+        settings=wandb.Settings(silent=True, init_timeout=60),
+    )  # fmt: skip
+    columns, rows = table
+    run.log({"summary": wandb.Table(columns=columns, data=rows),
+             **{name: wandb.Image(str(path)) for name, path in images.items()}})  # fmt: skip
+    run.summary.update(headline)
+    run.finish()
+    return mode

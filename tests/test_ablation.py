@@ -17,7 +17,7 @@ from smollm.stats import mean_ci
 from .conftest import smol
 
 ROOT = Path(__file__).resolve().parent.parent
-SMOKE = ROOT / "smollm" / "configs" / "ablations" / "smoke.yaml"
+SMOKE = ROOT / "experiments" / "smoke.yaml"
 
 
 def run_smoke(cwd: Path, runs: str = "runs", results: str = "results"):
@@ -196,9 +196,9 @@ def test_results_without_runs_is_a_clear_error(tmp_path):
 
 def test_shipped_ablation_files_are_valid():
     for name in ("default", "smoke", "smollm2-135m"):
-        ablation = load_ablation(ROOT / "smollm" / "configs" / "ablations" / f"{name}.yaml")
+        ablation = load_ablation(ROOT / "experiments" / f"{name}.yaml")
         assert ablation.baseline in [v.name for v in ablation.variants]
-    default = load_ablation(ROOT / "smollm" / "configs" / "ablations" / "default.yaml")
+    default = load_ablation(ROOT / "experiments" / "default.yaml")
     assert len(default.seeds) >= 2 and {"v1", "v2", "full"} <= {v.name for v in default.variants}
     assert shutil.which("git")  # provenance records the git SHA
 
@@ -278,7 +278,13 @@ def test_ablations_and_sweeps_are_named_or_given_by_path(tmp_path):
 
     assert {"default", "smoke", "smollm2-135m"} <= set(shipped_configs("ablation"))
     assert config_file("ablation", "smoke") == SMOKE.resolve()
-    assert config_file("sweep", "smoke").parent.name == "sweeps"
+    assert config_file("sweep", "smoke") == (ROOT / "sweeps" / "smoke.yaml").resolve()
+    # experiments/ holds ablations and single experiments; each kind finds only its own by name
+    assert set(shipped_configs("experiment")) == {"train-135m"}
+    assert not set(shipped_configs("experiment")) & set(shipped_configs("ablation"))
+    with pytest.raises(AssetError, match="no experiment named 'smoke'; shipped: train-135m"):
+        config_file("experiment", "smoke")
+    assert not (ROOT / "smollm" / "configs").exists()  # one copy of each file: the top level's
     with pytest.raises(AssetError, match="no ablation named 'smok'; shipped: .*smoke"):
         config_file("ablation", "smok")
     proc = smol("run", "ablation", "nonexistent.yaml", cwd=tmp_path)

@@ -16,7 +16,7 @@ from smollm.sweep import load_sweep, run_sweep, storage_url
 from .conftest import smol
 
 ROOT = Path(__file__).resolve().parent.parent
-SMOKE = ROOT / "smollm" / "configs" / "sweeps" / "smoke.yaml"
+SMOKE = ROOT / "sweeps" / "smoke.yaml"
 
 
 def study(tmp_path, name="smoke"):
@@ -159,9 +159,9 @@ def test_bad_search_space_errors_clearly(tmp_path, space, match):
 
 def test_shipped_sweep_files_are_valid():
     for name in ("smoke", "default", "smollm2-135m"):
-        assert load_sweep(ROOT / "smollm" / "configs" / "sweeps" / f"{name}.yaml").space
+        assert load_sweep(ROOT / "sweeps" / f"{name}.yaml").space
     v1 = load_sweep(
-        ROOT / "smollm" / "configs" / "sweeps" / "default.yaml",
+        ROOT / "sweeps" / "default.yaml",
         ["model.preset=v1", "model.n_kv_heads=4"],
     )
     assert v1.experiment({"train.lr": 1e-3, "train.batch_size": 8}, 0).model.norm == "layernorm"
@@ -174,7 +174,7 @@ def test_ablation_takes_lr_from_a_finished_study(tmp_path, monkeypatch):
     best = study(tmp_path).best_params
     abl = tmp_path / "a.yaml"
     abl.write_text(
-        (ROOT / "smollm" / "configs" / "ablations" / "smoke.yaml").read_text()
+        (ROOT / "experiments" / "smoke.yaml").read_text()
         + "from_sweep: {name: smoke, runs_dir: runs}\n"
     )
     monkeypatch.chdir(tmp_path)

@@ -21,6 +21,7 @@ from typing import Any
 
 from smollm.config import ConfigError, ExperimentConfig
 from smollm.experiment import experiment_schema, merge, nest, read_mapping, to_experiment
+from smollm.rundir import path_segment
 
 SWEEP_KEYS = {"name", "description", "base", "space", "objective", "sampler", "pruner", "n_trials", "timeout", "heartbeat_interval", "grace_period", "max_retry", "enqueue", "seeds"}  # fmt: skip
 OBJECTIVES = ("val_loss", "val_bpb")
@@ -151,6 +152,7 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
 
 def sweep_from_mapping(raw: dict[str, Any], name: str, base: Any, where: str) -> Sweep:
     """A validated Sweep from a sweep file's mapping (or an ablation's `tune:`) and a merged base."""
+    path_segment(name, f"{where}: sweep")  # its trials and tables are folders of this name
     space = tuple(_param(k, v) for k, v in (raw.get("space") or {}).items())
     if not space:
         raise ConfigError(f"{where}: empty search space")
