@@ -40,6 +40,24 @@ class InputError(SmolError, ValueError):
     a ValueError for callers of the API, one line for the CLI."""
 
 
+def check_ranges(section: str, config: Any, ranges: dict[str, str]) -> None:
+    """Raise ConfigError naming the first field outside its valid range. A range is written as
+    an interval: "(0, inf)", "[0, 1)", "[1, inf)"; NaN is outside every range."""
+    import math
+
+    for name, interval in ranges.items():
+        value = getattr(config, name)
+        if value is None:
+            continue
+        lo, hi = (float(x) for x in interval[1:-1].split(","))
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        ok = number and not math.isnan(value)
+        ok = ok and (value >= lo if interval[0] == "[" else value > lo)
+        ok = ok and (value <= hi if interval[-1] == "]" else value < hi)
+        if not ok:
+            raise ConfigError(f"{section}.{name}={value!r}: must be in {interval}")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Shape and architectural switches of one model of the family."""
@@ -102,11 +120,8 @@ class ModelConfig:
             )
         if self.pos_embedding == "rope" and self.head_dim % 2:
             raise ConfigError(f"RoPE needs an even head dim, got dim/n_heads = {self.head_dim}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"model.dropout={self.dropout}: must be in [0, 1)")
-        for name in ("rope_theta", "norm_eps", "init_std"):
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"model.{name}={getattr(self, name)}: must be > 0")
+        check_ranges("model", self, {"dropout": "[0, 1)", "rope_theta": "(0, inf)",
+                                     "norm_eps": "(0, 1)", "init_std": "(0, inf)"})  # fmt: skip
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> ModelConfig:
@@ -256,14 +271,26 @@ class DataConfig:
     stream: bool = False  # tokenise on the fly in a background worker instead of caching
 
     def __post_init__(self) -> None:
-        if self.seq_len < 2:
-            raise ConfigError(f"data.seq_len={self.seq_len}: must be >= 2")
-        if not 0.0 < self.val_fraction < 0.5:
-            raise ConfigError(f"data.val_fraction={self.val_fraction}: must be in (0, 0.5)")
-        if self.max_docs is not None and self.max_docs < 2:
-            raise ConfigError(f"data.max_docs={self.max_docs}: must be >= 2 (train and validation)")
+        # max_docs >= 2: one document for training and one for validation
+        check_ranges("data", self, {"seq_len": "[2, inf)", "val_fraction": "(0, 0.5)",
+                                    "max_docs": "[2, inf)"})  # fmt: skip
         if not self.corpus:
             raise ConfigError("data.corpus is empty")
+
+
+# Every numeric TrainConfig field's valid range. grad_clip > 0: a negative max-norm flips the
+# update (the loss climbs), 0 zeroes it; a zero (0 = derived/all/none) is allowed where it means
+# something: micro_batch_size, max_steps, max_tokens, eval_blocks, eval_limit, peak_flops.
+TRAIN_RANGES = {
+    "lr": "(0, inf)", "batch_size": "[1, inf)", "micro_batch_size": "[0, inf)",
+    "max_steps": "[0, inf)", "max_tokens": "[0, inf)", "warmup_steps": "[0, inf)",
+    "decay_fraction": "[0, 1]", "min_lr_ratio": "[0, 1]", "weight_decay": "[0, inf)",
+    "beta1": "[0, 1)", "beta2": "[0, 1)", "eps": "(0, 1)", "grad_clip": "(0, inf]",
+    "seed": "[0, 18446744073709551615]", "eval_every": "[1, inf)", "eval_blocks": "[0, inf)",
+    "eval_batch_size": "[1, inf)", "sample_tokens": "[0, inf)", "ckpt_every": "[1, inf)",
+    "keep_checkpoints": "[1, inf)", "log_every": "[1, inf)", "peak_flops": "[0, inf)",
+    "eval_limit": "[0, inf)",
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -305,27 +332,9 @@ class TrainConfig:
             raise ConfigError(f"train.schedule={self.schedule!r}: choose wsd or cosine")
         if self.dtype not in ("auto", "fp32", "bf16"):
             raise ConfigError(f"train.dtype={self.dtype!r}: choose auto, fp32 or bf16")
-        if not self.lr > 0 or self.batch_size < 1 or self.micro_batch_size < 0:
-            raise ConfigError("train.lr and train.batch_size must be positive")
+        check_ranges("train", self, TRAIN_RANGES)
         if self.max_steps <= 0 and self.max_tokens <= 0:
             raise ConfigError("set train.max_steps or train.max_tokens")
-        for name in (
-            "eval_every",
-            "ckpt_every",
-            "keep_checkpoints",
-            "log_every",
-            "eval_batch_size",
-        ):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"train.{name}={getattr(self, name)}: must be >= 1")
-        if not 0.0 <= self.decay_fraction <= 1.0 or not 0.0 <= self.min_lr_ratio <= 1.0:
-            raise ConfigError("train.decay_fraction and train.min_lr_ratio must be in [0, 1]")
-        if self.eval_blocks < 0:
-            raise ConfigError(
-                f"train.eval_blocks={self.eval_blocks}: must be >= 0 (0 = the whole split)"
-            )
-        if self.eval_limit < 0:
-            raise ConfigError(f"train.eval_limit={self.eval_limit}: must be >= 0 (0 = every item)")
 
 
 @dataclass(frozen=True)

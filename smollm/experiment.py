@@ -14,7 +14,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from smollm.config import (
@@ -121,15 +121,50 @@ def nest(dotted: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+MAX_YAML_BYTES = 1 << 20  # a config file is a few KB; past 1 MiB it is not one
+
+
+def load_yaml(path: str | Path, kind: str = "config") -> Any:
+    """One YAML config file as OmegaConf, every way it can be bad a one-line ConfigError: missing,
+    unreadable, too large, not UTF-8, not YAML, a tag that builds objects, aliases that expand
+    past OmegaConf's node limit (an alias bomb), or not a mapping."""
+    import io
+
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{kind} file {str(path)!r} not found")
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot be read ({e.strerror or e})") from None
+    if len(data) > MAX_YAML_BYTES:
+        raise ConfigError(f"{path}: too large ({len(data) / 1e6:.1f} MB; the limit for a {kind} "
+                          f"file is {MAX_YAML_BYTES >> 20} MiB)")  # fmt: skip
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}: {data[e.start]:#04x})") from None
+    try:
+        cfg = OmegaConf.load(io.StringIO(text))
+    except (yaml.YAMLError, OmegaConfBaseException, ValueError, TypeError) as e:
+        first = (str(e).splitlines() or [type(e).__name__])[0]
+        if "expansion exceeds" in first:
+            first = "its aliases expand past 10,000 nodes (an alias bomb?)"
+        raise ConfigError(f"{path}: not valid YAML ({first})") from None
+    if not isinstance(cfg, DictConfig):
+        raise ConfigError(f"{path}: expected a mapping at the top, got a list")
+    return cfg
+
+
 def merge(base: Any, sources: list[Any]) -> Any:
     """Merge YAML files (paths), dicts and dotlists (lists of key=value) onto a structured base."""
     try:
         parts = [base]
         for src in sources:
             if isinstance(src, (str, Path)):
-                if not Path(src).is_file():
-                    raise ConfigError(f"config file {str(src)!r} not found")
-                parts.append(OmegaConf.load(src))
+                parts.append(load_yaml(src))
             elif isinstance(src, list):
                 parts.append(OmegaConf.create(nest(dict(parse_override(s) for s in src))))
             else:
@@ -162,12 +197,10 @@ def to_experiment(cfg: Any) -> ExperimentConfig:
 
 def read_mapping(path: str | Path, kind: str, valid: set[str]) -> dict[str, Any]:
     """A YAML file holding a mapping whose keys are all in `valid` (ablation and sweep files)."""
-    if not Path(path).is_file():
-        raise ConfigError(f"{kind} file {str(path)!r} not found")
     try:
-        raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
-    except Exception as e:  # YAML syntax errors
-        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        raw = OmegaConf.to_container(load_yaml(path, kind), resolve=True)
+    except OmegaConfBaseException as e:  # an interpolation that does not resolve
+        raise config_error(e) from None
     return check_mapping(raw, valid, f"{path}:", kind)
 
 

@@ -7,6 +7,7 @@ re-run resumes to the same result as an uninterrupted run and no file of an earl
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -147,11 +148,46 @@ def test_export_refuses_an_older_model_and_a_rerun_repairs_the_run(tmp_path, cor
 
 # ---------------------------------------------------------------------------- ablations and results
 
+SMOKE = Path(__file__).resolve().parent.parent / "experiments" / "smoke.yaml"
+
+
+@pytest.mark.parametrize(
+    "old,new",
+    [("name: smoke", "name: .."), ("name: smoke", "name: /tmp/smollm-escape"), ("name: smoke", "name: '.'"),
+     ("  - v1", "  - {name: ../v1, preset: v1}"), ("name: smoke", 'name: "a\\tb"')],
+)  # fmt: skip
+def test_a_name_that_is_not_one_path_segment_is_refused_before_anything_is_written(tmp_path, old, new):
+    """Faults II #1: `name: ..` wrote summary.md and forest.png above results/."""
+    (tmp_path / "work").mkdir()
+    bad = tmp_path / "work" / "bad.yaml"
+    bad.write_text(SMOKE.read_text().replace(old, new))
+    proc = smol("run", "ablation", str(bad), "--runs-dir", "runs", "--results-dir", "results",
+                "--quiet", cwd=tmp_path / "work")  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "cannot be a directory name" in proc.stderr and len(proc.stderr.splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["bad.yaml", "work"]
+    assert not Path("/tmp/smollm-escape").exists()
+
+
+def test_sweep_and_results_names_are_one_path_segment(tmp_path):
+    from smollm.rundir import AblationDir, RunDirError, SweepDir
+    from smollm.sweep import load_sweep
+
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text(
+        (SMOKE.parent.parent / "sweeps" / "smoke.yaml").read_text().replace("name: smoke", "name: ../x")
+    )
+    with pytest.raises(RunDirError, match="sweep name '../x' cannot be a directory name"):
+        load_sweep(sweep)
+    for make in (lambda: AblationDir(tmp_path, "/abs"), lambda: SweepDir(tmp_path, "..")):
+        with pytest.raises(RunDirError, match="cannot be a directory name"):
+            make()
+    proc = smol("results", "..", "--runs-dir", "runs", cwd=tmp_path)
+    assert proc.returncode == 2 and "cannot be a directory name" in proc.stderr
+
 
 def test_a_garbage_summary_does_not_stop_the_ablation_or_the_tables(tmp_path):
-    smoke = (
-        Path(__file__).resolve().parent.parent / "smollm" / "configs" / "ablations" / "smoke.yaml"
-    )
+    smoke = SMOKE
     first = smol("run", "ablation", str(smoke), "--quiet", cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-2000:]
     root = tmp_path / "runs" / "smoke"
@@ -329,7 +365,7 @@ def test_sweep_numbers_and_storage_errors_are_one_line(tmp_path):
     from smollm.sweep import load_sweep
     from smollm.sweep.storage import display_url, normalise_url
 
-    smoke = Path(__file__).resolve().parent.parent / "smollm" / "configs" / "sweeps" / "smoke.yaml"
+    smoke = Path(__file__).resolve().parent.parent / "sweeps" / "smoke.yaml"
     for bad in ("n_trials: 0", "n_trials: -1", "n_trials: 2.5", "timeout: -3", "max_retry: -1"):
         path = tmp_path / "s.yaml"
         key = bad.split(":")[0]
@@ -472,3 +508,39 @@ def test_past_the_waiting_line_a_request_gets_503_with_retry_after(server):
     assert b"200 OK" in post(
         port, json.dumps({"prompt": "hi", "max_new_tokens": 2, "temperature": 0.0}).encode()
     )
+
+
+# ---------------------------------------------------------------------------- Faults II: bad files
+
+BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{n}: &{n} [{', '.join([f'*{p}'] * 9)}]\n" for p, n in zip("abcdefgh", "bcdefghi", strict=True)
+)
+BAD_FILES = {
+    "tag": (b'model: !!python/object/apply:os.system ["touch PWNED"]\n', "could not determine a constructor"),
+    "bomb": (BOMB.encode(), "aliases expand past 10,000 nodes"),
+    "list": (b"- model\n- train\n", "expected a mapping at the top, got a list"),
+    "utf8": (b"model: {dim: \xff\xfe}\n", "not UTF-8 text (byte 13: 0xff)"),
+    "huge": ("".join(f"k{i}: {i}\n" for i in range(100_000)).encode(), "too large (1.4 MB; the limit"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", list(BAD_FILES))
+def test_a_bad_experiment_file_is_one_line_for_every_command(tmp_path, kind):
+    """Faults II #5 and #12: `smol train FILE` gave tracebacks; a big file without aliases was
+    called an alias bomb."""
+    from smollm.ablation import load_ablation
+    from smollm.config import ConfigError
+    from smollm.experiment import load_experiment
+    from smollm.sweep import load_sweep
+
+    content, message = BAD_FILES[kind]
+    bad = tmp_path / "bad.yaml"
+    bad.write_bytes(content)
+    for load in (load_experiment, load_ablation, load_sweep):
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            load(bad)
+    if kind == "tag":
+        proc = smol("train", str(bad), cwd=tmp_path)
+        assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
+        assert len(proc.stderr.splitlines()) == 1 and not (tmp_path / "PWNED").exists()
+        assert not (tmp_path / "runs").exists()

@@ -234,7 +234,10 @@ def test_schedules():
     "override,match",
     [("train.lrr=1", "unknown config key 'train.lrr'"), ("model.preset=v9", "unknown model preset 'v9'"),
      ("train.schedule=linear", "choose wsd or cosine"), ("train.batch_size=abc", "train.batch_size"),
-     ("train.batch_size=6", "not a multiple of micro_batch_size")],
+     ("train.batch_size=6", "not a multiple of micro_batch_size"),
+     ("train.grad_clip=-1", "train.grad_clip=-1.0: must be in (0, inf]"),
+     ("train.grad_clip=0", "train.grad_clip=0.0: must be in (0, inf]"),
+     ("train.warmup_steps=-3", "train.warmup_steps=-3: must be in [0, inf)")],
 )  # fmt: skip
 def test_config_errors_are_one_line(tmp_path, corpus, override, match):
     proc = smol(
@@ -324,3 +327,45 @@ def test_fused_adamw_skips_a_non_finite_step_without_a_host_sync(tmp_path):
     assert not torch.equal(before[0], model.weight)
     with pytest.raises(TrainingDiverged, match="loss is nan .* at step 2"):
         watch.check()
+
+
+def test_shipped_single_experiment_is_the_135m_run_and_trains_by_path_and_by_name(tmp_path, corpus):
+    """experiments/train-135m.yaml: SmolLM2-135M as one run; `smol train` takes it as a path or a
+    name (here shrunk to a CPU shape by overrides, which is what a user copying it does)."""
+    from smollm.model import SmolLM
+
+    path = Path(__file__).resolve().parent.parent / "experiments" / "train-135m.yaml"
+    exp = load_experiment(path)
+    assert exp.preset == "smollm2-135m" and exp.data.corpus == "cosmopedia-v2"
+    with torch.device("meta"):
+        assert SmolLM(exp.model).num_parameters() == 134_515_008
+    shrink = [*tiny_args(corpus, "train.max_steps=2", "train.dtype=fp32", "train.compile=false"),
+              "data.max_docs=null", "train.micro_batch_size=4"]  # fmt: skip
+    for config, run in ((str(path), "by-path"), ("train-135m", "by-name")):
+        proc = smol("train", config, *shrink, "--run-dir", str(tmp_path / run), "--quiet")
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert "finished at step 2" in proc.stdout
+    assert (tmp_path / "by-path" / "metrics.jsonl").read_bytes() == (
+        tmp_path / "by-name" / "metrics.jsonl"
+    ).read_bytes()
+
+
+def test_every_numeric_config_field_has_a_range():
+    """Faults II #3: each numeric field of the config dataclasses is checked where it is built."""
+    import dataclasses
+    import typing
+
+    from smollm.config import TRAIN_RANGES, DataConfig, ModelConfig
+
+    hints = typing.get_type_hints(TrainConfig)
+    numeric = {f.name for f in dataclasses.fields(TrainConfig) if hints[f.name] in (int, float)}
+    assert numeric == set(TRAIN_RANGES)
+    for bad in ({"grad_clip": float("nan")}, {"beta1": 1.0}, {"eps": 0.0}, {"weight_decay": -0.1},
+                {"seed": -1}, {"sample_tokens": -1}, {"max_tokens": -5}, {"peak_flops": -1.0}):  # fmt: skip
+        with pytest.raises(ConfigError, match=f"train.{next(iter(bad))}=.*: must be in"):
+            TrainConfig(max_steps=5, **bad)
+    for cls, bad in ((ModelConfig, {"norm_eps": 0.0}), (ModelConfig, {"dropout": 1.0}),
+                     (DataConfig, {"seq_len": 1}), (DataConfig, {"max_docs": 1})):  # fmt: skip
+        with pytest.raises(ConfigError, match="must be in"):
+            cls(**bad)
+    assert TrainConfig(max_steps=5, grad_clip=float("inf")).grad_clip == float("inf")
