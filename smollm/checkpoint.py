@@ -18,9 +18,9 @@ from typing import Any
 
 import torch
 
-from smollm.config import ExperimentConfig, SmolError
+from smollm.config import ExperimentConfig, SmolError, disk_full
 from smollm.model import SmolLM
-from smollm.rundir import RunDir, disk_full
+from smollm.rundir import RunDir
 
 CKPT_RE = re.compile(r"step-(\d{8})\.pt")
 

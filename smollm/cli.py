@@ -3,7 +3,9 @@ on stderr and exit code 2; a bug in smollm keeps its traceback; Ctrl-C is one li
 
 from __future__ import annotations
 
+import errno
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -528,6 +530,21 @@ def serve(
     uvicorn.run(app_, host=host, port=port, log_level="warning")
 
 
+# OS errors that a user's path or machine causes (read-only, no space, a file where a folder is
+# expected, no permission), not our code: one line naming the path and the cause
+USER_PATH_ERRORS = {errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EEXIST, errno.ENOTDIR,
+                    errno.EISDIR, errno.EACCES, errno.EPERM}  # fmt: skip
+
+
+def user_path_error(e: OSError) -> str:
+    """'runs/x/eval.json: Read-only file system; ...': the file a write was for, not its temp."""
+    path = re.sub(r"\.([^/]+)\.tmp-\d+$", r"\1", str(e.filename)) if e.filename else "a file"
+    hint = {errno.ENOSPC: "free space and run the same command again",
+            errno.EDQUOT: "free space and run the same command again",
+            errno.EROFS: "nothing was changed there; give a writable location"}.get(e.errno, "")  # fmt: skip
+    return f"{path}: {e.strerror or e}" + (f"; {hint}" if hint else "")
+
+
 def main() -> None:
     """Console entry point: user errors become one line on stderr and exit code 2."""
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -535,6 +552,11 @@ def main() -> None:
         code = app(standalone_mode=False)  # so Ctrl-C and our errors reach the handlers below
     except SmolError as e:
         typer.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    except OSError as e:
+        if e.errno not in USER_PATH_ERRORS:  # anything else is a bug: its traceback shows
+            raise
+        typer.echo(f"error: {user_path_error(e)}", err=True)
         sys.exit(2)
     except (KeyboardInterrupt, typer.Abort):
         typer.echo("interrupted", err=True)

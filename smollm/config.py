@@ -40,6 +40,19 @@ class InputError(SmolError, ValueError):
     a ValueError for callers of the API, one line for the CLI."""
 
 
+def disk_full(e: BaseException) -> bool:
+    """ENOSPC/EDQUOT, torch's zip writer failing part-way, or a Rust library's io error (the
+    tokenizers' save): what a full disk looks like from each writer."""
+    import errno
+
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(e)
+    return (isinstance(e, RuntimeError) and "unexpected pos" in text) or any(
+        f"(os error {n})" in text for n in (errno.ENOSPC, errno.EDQUOT)
+    )
+
+
 def check_ranges(section: str, config: Any, ranges: dict[str, str]) -> None:
     """Raise ConfigError naming the first field outside its valid range. A range is written as
     an interval: "(0, inf)", "[0, 1)", "[1, inf)"; NaN is outside every range."""

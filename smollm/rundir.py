@@ -43,15 +43,6 @@ class RunDirBusy(RunDirError):
     """Another live process holds the run directory."""
 
 
-def disk_full(e: BaseException) -> bool:
-    """ENOSPC/EDQUOT, or torch's zip writer failing part-way (what a full disk looks like there)."""
-    import errno
-
-    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
-        return True
-    return isinstance(e, RuntimeError) and "unexpected pos" in str(e)
-
-
 def _write_atomic(path: Path, text: str) -> None:
     """Write via a temp file and rename; a failed write (a full disk) leaves no temp file behind."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -182,10 +173,11 @@ class RunDir:
             data = yaml.safe_load(self.config.read_text())
         except yaml.YAMLError as e:
             raise RunDirError(f"{self.config}: not valid YAML ({str(e).splitlines()[0]})") from None
+        # tracking is written last: a file cut short anywhere before its end lacks it
         if not isinstance(data, dict) or not all(
-            isinstance(data.get(k), dict) for k in ("model", "data", "train")
+            isinstance(data.get(k), dict) for k in ("model", "data", "train", "tracking")
         ):
-            raise RunDirError(f"{self.config}: not a run config (model, data, train)")
+            raise RunDirError(f"{self.config}: not a whole run config (model, data, train, tracking)")
         data["preset"] = data["model"].pop(
             "preset", data.get("preset")
         )  # as ExperimentConfig has it
@@ -208,22 +200,37 @@ class RunDir:
                 "or re-run with --replace to discard it and start over"
             )
 
-    def write_records(self, experiment: dict[str, Any], tokenizer: Any) -> None:
-        """config.yaml, git.json (+ git.diff) and the tokenizer, at the start of a run."""
+    def write_config(self, experiment: dict[str, Any]) -> None:
+        """config.yaml from a resolved experiment (as `to_dict()`), atomically."""
         import yaml
 
-        self.path.mkdir(parents=True, exist_ok=True)
-        if not (self.tokenizer / "tokenizer.json").is_file():
-            tokenizer.save_pretrained(self.tokenizer)
         resolved = json.loads(json.dumps(experiment, default=list))  # plain lists and scalars
         resolved["model"] = {"preset": resolved.pop("preset"), **resolved["model"]}
-        self.config.write_text(yaml.safe_dump(resolved, sort_keys=False))
+        _write_atomic(self.config, yaml.safe_dump(resolved, sort_keys=False))
+
+    def write_records(self, experiment: dict[str, Any], tokenizer: Any) -> None:
+        """config.yaml, git.json (+ git.diff) and the tokenizer, at the start of a run; each
+        written whole (temp file or folder, then rename), so a kill never leaves one torn."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        if not (self.tokenizer / "tokenizer.json").is_file():
+            tmp = self.path / f".tokenizer.tmp-{os.getpid()}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            tokenizer.save_pretrained(tmp)
+            shutil.rmtree(self.tokenizer, ignore_errors=True)  # an incomplete one
+            os.replace(tmp, self.tokenizer)
+        self.write_config(experiment)
         info = git_info()
-        self.git.write_text(
-            json.dumps({"sha": info["sha"], "dirty": info["dirty"]}, indent=2) + "\n"
-        )
+        write_json(self.git, {"sha": info["sha"], "dirty": info["dirty"]})
         if info["diff"]:
-            self.diff.write_text(info["diff"])
+            _write_atomic(self.diff, info["diff"])
+
+    def remove_leftovers(self) -> list[str]:
+        """Delete the temp files and folders that a write killed part-way left (`.NAME.tmp-PID`);
+        the caller holds the lock. Their names, for a message."""
+        found = sorted(self.path.glob(".*.tmp-*")) if self.path.is_dir() else []
+        for tmp in found:
+            shutil.rmtree(tmp) if tmp.is_dir() and not tmp.is_symlink() else tmp.unlink()
+        return [p.name for p in found]
 
     # ------------------------------------------------------------------ ownership
     @contextlib.contextmanager
@@ -231,6 +238,8 @@ class RunDir:
         """Hold the directory for this process; the OS releases it when the process dies."""
         import fcntl
 
+        if self.path.exists() and not self.path.is_dir():
+            raise RunDirError(f"{self.path} is a file, not a run directory; give a directory")
         self.path.mkdir(parents=True, exist_ok=True)
         fh = open(self.lock_path, "a+")  # noqa: SIM115 - held for the block
         try:

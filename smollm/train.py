@@ -40,6 +40,7 @@ from smollm.config import (
     ModelConfig,
     SmolError,
     TrainConfig,
+    disk_full,
     experiment_diff,
     experiment_identity,
     flops_per_token,
@@ -48,7 +49,7 @@ from smollm.data import BlockLoader, evaluate, make_loader, prepare
 from smollm.evals import Downstream, metric_row
 from smollm.generation import generate
 from smollm.model import SmolLM
-from smollm.rundir import RunDir, RunDirError, disk_full
+from smollm.rundir import RunDir, RunDirError
 from smollm.runtime import (
     Dist,
     Throughput,
@@ -323,6 +324,8 @@ def train(
     ddp = init_distributed("cuda" if wants_cuda else "cpu")
     device = resolve_device(exp.train.device, ddp.local_rank)
     with run.lock() if ddp.main else contextlib.nullcontext():
+        if ddp.main:
+            _repair_records(run)
         cache, tok = _data(exp.data, ddp, progress)
         exp = resolve_experiment(exp, len(tok))  # before anything is compared or saved
         changes = run.experiment_changes(exp.to_dict())
@@ -493,6 +496,28 @@ def _start_tracking(run: RunDir, exp: ExperimentConfig, tok, step: int) -> Track
     run.write_summary("running", step=step, experiment=experiment_identity(exp.to_dict()),
                       config=exp.to_dict())  # fmt: skip
     return Tracker(run, exp.tracking, exp.to_dict(), resume_step=step or None)
+
+
+def _repair_records(run: RunDir) -> None:
+    """Before a run starts: temp files of a killed write go, and a torn config.yaml (cut short,
+    emptied) is rewritten from the newest usable checkpoint, which carries the experiment, so it
+    never blocks a resume; with no checkpoint there is nothing to resume and the run starts over."""
+    run.remove_leftovers()
+    try:
+        run.recorded_experiment()
+        return
+    except RunDirError as e:
+        problem = str(e)
+    found = load_latest(run)
+    if found is None:
+        run.config.unlink()
+        print(f"warning: {problem}; no usable checkpoint carries the experiment: starting over",
+              file=sys.stderr)  # fmt: skip
+        return
+    state, path = found
+    run.write_config(state["config"])
+    print(f"warning: {problem}; rewritten from {path.name}, which carries the experiment",
+          file=sys.stderr)  # fmt: skip
 
 
 def _finished(run: RunDir) -> dict[str, Any] | None:

@@ -105,12 +105,12 @@ def make_docs(n: int, seed: int = 0) -> list[str]:
     ]
 
 
-def smol(*args: str, cwd=None, timeout: int = 600):
+def smol(*args: str, cwd=None, timeout: int = 600, env: dict | None = None):
     """Run the real `smol` entry point in a subprocess: exit codes and stderr as a user sees them."""
     import subprocess
     import sys
 
-    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    env = {**(env or os.environ), "PYTHONHASHSEED": "0"}
     return subprocess.run(
         [sys.executable, "-m", "smollm.cli", *args],
         capture_output=True,

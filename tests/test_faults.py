@@ -5,6 +5,7 @@ garbage file, a small tmpfs, a raw socket) and by a monkeypatched ENOSPC otherwi
 re-run resumes to the same result as an uninterrupted run and no file of an earlier step is lost.
 """
 
+import contextlib
 import json
 import os
 import re
@@ -544,3 +545,107 @@ def test_a_bad_experiment_file_is_one_line_for_every_command(tmp_path, kind):
         assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
         assert len(proc.stderr.splitlines()) == 1 and not (tmp_path / "PWNED").exists()
         assert not (tmp_path / "runs").exists()
+
+
+# ---------------------------------------------------------------------------- Faults II: torn records
+
+
+@pytest.mark.parametrize("tear", ["cut", "empty"])
+def test_a_torn_config_yaml_never_blocks_the_resume(tmp_path, corpus, reference, tear):
+    """Faults II #2: a config.yaml cut short or emptied refused the run though its checkpoints
+    carry the config; killed writes of summary.json / metrics.jsonl left temp files for good."""
+    run = tmp_path / "R"
+    first = smol("train", *args(corpus, "train.max_steps=8"), "--run-dir", "R", "--quiet",
+                 cwd=tmp_path)  # fmt: skip
+    assert first.returncode == 0, first.stderr[-2000:]
+    config = (run / "config.yaml").read_text()
+    (run / "checkpoints" / "step-00000008.pt").unlink()  # the run resumes from step 6
+    (run / "config.yaml").write_text(config[: len(config) // 2] if tear == "cut" else "")
+    leftovers = [run / ".summary.json.tmp-4242", run / ".metrics.jsonl.tmp-4242",
+                 run / ".config.yaml.tmp-4242"]  # fmt: skip
+    for path in leftovers:
+        path.write_text("half a write")
+    again = smol("train", *args(corpus, "train.max_steps=8"), "--run-dir", "R", "--quiet",
+                 cwd=tmp_path)  # fmt: skip
+    assert again.returncode == 0, again.stderr[-2000:]
+    warning = [line for line in again.stderr.splitlines() if "config.yaml" in line]
+    assert len(warning) == 1 and "rewritten from step-00000006.pt" in warning[0], again.stderr
+    assert (run / "config.yaml").read_text() == config
+    assert not any(p.exists() for p in leftovers)
+    assert same_weights(run, reference)
+    assert (run / "metrics.jsonl").read_text() == (reference / "metrics.jsonl").read_text()
+
+
+def test_a_torn_config_yaml_without_checkpoints_starts_over(tmp_path, corpus, reference):
+    run = tmp_path / "R"
+    run.mkdir()
+    (run / "config.yaml").write_text("model: {dim: 3")
+    proc = smol("train", *args(corpus, "train.max_steps=8"), "--run-dir", "R", "--quiet",
+                cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "no usable checkpoint carries the experiment: starting over" in proc.stderr
+    assert same_weights(run, reference)
+
+
+# ---------------------------------------------------------------------------- Faults II: the user's paths
+
+
+@contextlib.contextmanager
+def read_only_view(src: Path, at: Path):
+    """`at` shows `src` through a read-only bind mount (skipped where mounting is refused)."""
+    at.mkdir()
+    ok = subprocess.run(["mount", "--bind", str(src), str(at)], capture_output=True).returncode == 0
+    ok = ok and subprocess.run(["mount", "-o", "remount,bind,ro", str(at)],
+                               capture_output=True).returncode == 0  # fmt: skip
+    if not ok:
+        subprocess.run(["umount", "-l", str(at)], capture_output=True)
+        pytest.skip("mounting is refused here")
+    try:
+        yield at
+    finally:
+        subprocess.run(["umount", "-l", str(at)], capture_output=True)
+
+
+def test_a_read_only_run_or_a_file_as_run_dir_is_one_line(tmp_path, corpus, reference):
+    """Faults II #6: a --run-dir that is a file, a read-only run (even finished), and `smol eval`
+    writing eval.json into a read-only run gave tracebacks."""
+    (tmp_path / "afile").write_text("mine")
+    proc = smol("train", *args(corpus, "train.max_steps=8"), "--run-dir", "afile", cwd=tmp_path)
+    assert proc.returncode == 2 and "afile is a file, not a run directory" in proc.stderr
+    assert len(proc.stderr.splitlines()) == 1 and (tmp_path / "afile").read_text() == "mine"
+    before = {p: p.read_bytes() for p in reference.rglob("*") if p.is_file() and p.name != ".lock"}
+    with read_only_view(reference, tmp_path / "ro") as ro:
+        again = smol("train", *args(corpus, "train.max_steps=8"), "--run-dir", str(ro), cwd=tmp_path)
+        assert again.returncode == 2 and "Read-only file system" in again.stderr, again.stderr
+        assert len(again.stderr.strip().splitlines()) == 1
+        ev = smol("eval", "--model", str(ro), "--tasks", "piqa", "--limit", "2", cwd=tmp_path)
+        assert ev.returncode == 2 and "| piqa |" in ev.stdout, ev.stderr[-2000:]
+        assert ev.stderr.strip().splitlines()[-1] == (
+            f"error: {ro}/eval.json: Read-only file system; nothing was changed there; give a "
+            "writable location"
+        ) and "Traceback" not in ev.stderr
+    assert {p: p.read_bytes() for p in before} == before
+
+
+def test_a_full_disk_while_preparing_data_is_one_line_and_a_rerun_finishes(tmp_path, corpus):
+    """Faults II #7: `No space left on device (os error 28)` from the tokenizer's save (Rust) and
+    the token cache's writes, in `smol data prepare` and in `smol train`'s data step."""
+    disk = tmp_path / "cache"
+    if os.geteuid() != 0 or not _mount_tmpfs(disk, "12k"):
+        pytest.skip("mounting a tmpfs is refused here")
+    env = {**os.environ, "SMOLLM_CACHE": str(disk)}
+    try:
+        for size in ("12k", "40k"):  # the tokenizer's save fails; then the token cache's writes
+            subprocess.run(["mount", "-o", f"remount,size={size}", str(disk)], check=True)
+            for cmd in (["data", "prepare", "--corpus", str(corpus), "--tokenizer", "bpe-512"],
+                        ["train", *args(corpus, "train.max_steps=2"), "--run-dir", "R", "--quiet"]):  # fmt: skip
+                proc = smol(*cmd, cwd=tmp_path, env=env)
+                assert proc.returncode == 2 and "the disk is full" in proc.stderr, proc.stderr
+                assert "Traceback" not in proc.stderr and "error:" in proc.stderr.splitlines()[-1]
+                assert not [p for p in disk.rglob("*") if ".tmp-" in p.name]
+        subprocess.run(["mount", "-o", "remount,size=20m", str(disk)], check=True)
+        done = smol("train", *args(corpus, "train.max_steps=2"), "--run-dir", "R", "--quiet",
+                    cwd=tmp_path, env=env)  # fmt: skip
+        assert done.returncode == 0, done.stderr[-2000:]
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
