@@ -145,7 +145,9 @@ def load_yaml(path: str | Path, kind: str = "config") -> Any:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}: {data[e.start]:#04x})") from None
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte {e.start}: {data[e.start]:#04x})"
+        ) from None
     try:
         cfg = OmegaConf.load(io.StringIO(text))
     except (yaml.YAMLError, OmegaConfBaseException, ValueError, TypeError) as e:

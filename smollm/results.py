@@ -155,7 +155,9 @@ def _headline(rows: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def _publish(root: AblationDir, runs: dict[str, dict[int, dict[str, Any]]], rows, out: Path) -> None:
+def _publish(
+    root: AblationDir, runs: dict[str, dict[int, dict[str, Any]]], rows, out: Path
+) -> None:
     """The tables and figures as the ablation's W&B summary run, tracked as its runs were."""
     from smollm.tracking import publish_ablation
 

@@ -177,7 +177,9 @@ class RunDir:
         if not isinstance(data, dict) or not all(
             isinstance(data.get(k), dict) for k in ("model", "data", "train", "tracking")
         ):
-            raise RunDirError(f"{self.config}: not a whole run config (model, data, train, tracking)")
+            raise RunDirError(
+                f"{self.config}: not a whole run config (model, data, train, tracking)"
+            )
         data["preset"] = data["model"].pop(
             "preset", data.get("preset")
         )  # as ExperimentConfig has it

@@ -54,6 +54,7 @@ from smollm.runtime import (
     Dist,
     Throughput,
     autocast_dtype,
+    check_memory,
     init_distributed,
     peak_flops,
     resolve_device,
@@ -382,6 +383,7 @@ def _build(
     """Model, optimizer and loader, seeded, then restored from the newest usable checkpoint."""
     tc = exp.train
     micro, accum, max_steps = batch_plan(tc, exp.data.seq_len, ddp.world_size)
+    check_memory(exp.model, micro, exp.data.seq_len, device, autocast_dtype(tc, device) is not None)
     torch.manual_seed(tc.seed)
     random.seed(tc.seed)
     model = SmolLM(exp.model).to(device)

@@ -142,7 +142,7 @@ def test_diverging_trial_is_failed_and_the_study_goes_on(tmp_path):
         ("  train.lr: {type: normal, low: 0, high: 1}", "type: float|int|categorical"),
         ("  train.lrr: {type: float, low: 0.001, high: 0.1}", "unknown config key 'train.lrr'"),
         ("  train.batch_size: {type: categorical, choices: []}", "non-empty 'choices'"),
-        ("  train.batch_size: {type: categorical, choices: [0]}", "must be positive"),
+        ("  train.batch_size: {type: categorical, choices: [0]}", "train.batch_size=0: must be in"),
     ],
 )
 def test_bad_search_space_errors_clearly(tmp_path, space, match):

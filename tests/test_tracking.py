@@ -45,7 +45,10 @@ def read_run(run_dir: Path, timeout: float = 60.0) -> dict:
     deadline = time.monotonic() + timeout
     while True:
         records = wandb_records(path)
-        if any(r.WhichOneof("record_type") == "exit" for r in records) or time.monotonic() > deadline:
+        if (
+            any(r.WhichOneof("record_type") == "exit" for r in records)
+            or time.monotonic() > deadline
+        ):
             break
         time.sleep(0.2)
 
