@@ -194,17 +194,31 @@ def load_state(model: SmolLM, state: dict[str, torch.Tensor], source: str) -> No
 def _read_hf_dir(path: Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
     from safetensors.torch import load_file
 
-    cfg = from_llama_config(json.loads((path / "config.json").read_text()))
+    config = path / "config.json"
+    cfg = from_llama_config(_unreadable(config, lambda: json.loads(config.read_text())))
     files = sorted(path.glob("*.safetensors"))
     if files:
         state = {}
         for f in files:
-            state.update(load_file(f))
+            state.update(_unreadable(f, lambda f=f: load_file(f)))
     elif (path / "pytorch_model.bin").is_file():
-        state = torch.load(path / "pytorch_model.bin", map_location="cpu", weights_only=True)
+        # weights_only: a pickle that would run code (or is not a state dict) is refused
+        bin_ = path / "pytorch_model.bin"
+        state = _unreadable(bin_, lambda: torch.load(bin_, map_location="cpu", weights_only=True))
     else:
         raise WeightsError(f"{path}: no *.safetensors or pytorch_model.bin next to config.json")
     return cfg, state
+
+
+def _unreadable(path: Path, read: Any) -> Any:
+    """read(), any failure to read or parse `path` a WeightsError naming it and the cause."""
+    try:
+        return read()
+    except Exception as e:  # a truncated file, a bad pickle, invalid JSON: the file is the problem
+        cause = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise WeightsError(
+            f"{path}: cannot be loaded ({type(e).__name__}: {cause[:200]})"
+        ) from None
 
 
 def _resolve(src: str) -> Path:

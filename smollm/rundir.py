@@ -214,17 +214,23 @@ class RunDir:
         """config.yaml, git.json (+ git.diff) and the tokenizer, at the start of a run; each
         written whole (temp file or folder, then rename), so a kill never leaves one torn."""
         self.path.mkdir(parents=True, exist_ok=True)
-        if not (self.tokenizer / "tokenizer.json").is_file():
-            tmp = self.path / f".tokenizer.tmp-{os.getpid()}"
-            shutil.rmtree(tmp, ignore_errors=True)
-            tokenizer.save_pretrained(tmp)
-            shutil.rmtree(self.tokenizer, ignore_errors=True)  # an incomplete one
-            os.replace(tmp, self.tokenizer)
+        self.write_tokenizer(tokenizer)
         self.write_config(experiment)
         info = git_info()
         write_json(self.git, {"sha": info["sha"], "dirty": info["dirty"]})
         if info["diff"]:
             _write_atomic(self.diff, info["diff"])
+
+    def write_tokenizer(self, tokenizer: Any) -> bool:
+        """tokenizer/, whole (a temp folder, then rename), unless it is there; whether it wrote."""
+        if (self.tokenizer / "tokenizer.json").is_file():
+            return False
+        tmp = self.path / f".tokenizer.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tokenizer.save_pretrained(tmp)
+        shutil.rmtree(self.tokenizer, ignore_errors=True)  # an incomplete one
+        os.replace(tmp, self.tokenizer)
+        return True
 
     def remove_leftovers(self) -> list[str]:
         """Delete the temp files and folders that a write killed part-way left (`.NAME.tmp-PID`);

@@ -24,9 +24,23 @@ def from_dir(path: str | Path):
         return AutoTokenizer.from_pretrained(path)
     except Exception as e:  # a truncated or hand-edited tokenizer.json, a bad config
         raise TokenizerError(
-            f"{Path(path) / 'tokenizer.json'}: cannot be read ({type(e).__name__}: "
+            f"{_culprit(Path(path))}: cannot be read ({type(e).__name__}: "
             f"{(str(e).splitlines() or [''])[0]}); delete the directory to rebuild it"
         ) from None
+
+
+def _culprit(path: Path) -> Path:
+    """The file of a tokenizer directory that does not parse as JSON (else tokenizer.json)."""
+    import json
+
+    for name in ("tokenizer_config.json", "special_tokens_map.json", "tokenizer.json"):
+        try:
+            json.loads((path / name).read_text())
+        except FileNotFoundError:
+            continue
+        except (OSError, ValueError):
+            return path / name
+    return path / "tokenizer.json"
 
 
 def load_tokenizer(name: str = "smollm2"):
@@ -66,9 +80,15 @@ def model_tokenizer(src: str | None):
 
     if src:
         path = Path(src)
-        for candidate in (RunDir(path).tokenizer, path):  # a run directory's, or an HF dir's
+        run = RunDir(path)
+        for candidate in (run.tokenizer, path):  # a run directory's, or an HF dir's
             if candidate.is_dir() and (candidate / "tokenizer.json").is_file():
                 return from_dir(candidate)
+        if run.is_run():  # its model's vocabulary is its own tokenizer's: SmolLM2's would not fit
+            raise TokenizerError(
+                f"{path}: the run has no tokenizer ({run.tokenizer.name}/tokenizer.json is "
+                f"missing); rebuild it with `smol train {run.config} --run-dir {path}`"
+            )
     return load_tokenizer()
 
 

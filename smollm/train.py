@@ -340,6 +340,8 @@ def train(
         run.check_experiment(exp.to_dict())
         done = _finished(run)
         if done is not None:
+            if ddp.main and run.write_tokenizer(tok):  # a finished run rebuilds what it can
+                print(f"{run.path}: its tokenizer/ was missing; rebuilt", file=sys.stderr)
             return done
         try:
             return _train(exp, run, cache, tok, ddp, device, progress, on_eval)

@@ -684,3 +684,65 @@ def test_the_memory_estimate_bounds_real_runs_and_can_be_overridden(monkeypatch)
         check_memory(huge, 1, 16, torch.device("cpu"), half=False)
     monkeypatch.setenv("SMOLLM_NO_MEMORY_CHECK", "1")
     check_memory(huge, 1, 16, torch.device("cpu"), half=False)  # the user's call
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (os.system, ("touch PWNED",))
+
+
+def test_hf_weights_that_do_not_load_are_one_line(tmp_path):
+    """Faults II #9: a pytorch_model.bin refused by weights_only gave UnpicklingError."""
+    import pickle
+
+    from smollm.config import ModelConfig
+    from smollm.hf import WeightsError, load_pretrained, to_llama_config
+
+    cfg = ModelConfig(vocab_size=256, dim=32, n_layers=1, n_heads=2, n_kv_heads=1,
+                      intermediate_size=64, max_seq_len=32)  # fmt: skip
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    (hf / "config.json").write_text(json.dumps(to_llama_config(cfg)))
+    (hf / "pytorch_model.bin").write_bytes(pickle.dumps({"model.norm.weight": _RunsCode()}))
+    with pytest.raises(WeightsError, match=r"pytorch_model.bin: cannot be loaded \(Unpickling"):
+        load_pretrained(hf)
+    proc = smol("generate", "Once", "--model", str(hf), "--device", "cpu", cwd=tmp_path)
+    assert proc.returncode == 2 and "pytorch_model.bin: cannot be loaded" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "PWNED").exists()
+    (hf / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{not json")
+    with pytest.raises(WeightsError, match="model.safetensors: cannot be loaded"):
+        load_pretrained(hf)
+    (hf / "config.json").write_text("{torn")
+    with pytest.raises(WeightsError, match="config.json: cannot be loaded"):
+        load_pretrained(hf)
+
+
+def test_a_run_without_its_tokenizer_refuses_to_generate_and_train_rebuilds_it(
+    tmp_path, corpus, reference
+):
+    """Faults II #10 and #12: generate fell back to SmolLM2's 49,152 tokens (IndexError) and a
+    re-run did not rebuild tokenizer/; a garbage tokenizer_config.json was blamed on tokenizer.json."""
+    import shutil
+
+    run = tmp_path / "R"
+    shutil.copytree(reference, run)
+    shutil.rmtree(run / "tokenizer")
+    for cmd in (["generate", "Once", "--model", "R", "--max-new-tokens", "2", "--device", "cpu"],
+                ["eval", "--model", "R", "--tasks", "piqa", "--limit", "2"]):  # fmt: skip
+        proc = smol(*cmd, cwd=tmp_path)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+        assert proc.stderr.strip().splitlines()[-1] == (
+            "error: R: the run has no tokenizer (tokenizer/tokenizer.json is missing); rebuild it "
+            "with `smol train R/config.yaml --run-dir R`"
+        )
+    rebuild = smol("train", "R/config.yaml", "--run-dir", "R", "--quiet", cwd=tmp_path)
+    assert rebuild.returncode == 0 and "its tokenizer/ was missing; rebuilt" in rebuild.stderr
+    assert (run / "tokenizer" / "tokenizer.json").read_bytes() == (
+        reference / "tokenizer" / "tokenizer.json"
+    ).read_bytes()
+    ok = smol("generate", "Once", "--model", "R", "--max-new-tokens", "2", "--device", "cpu",
+              cwd=tmp_path)  # fmt: skip
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    (run / "tokenizer" / "tokenizer_config.json").write_text("{garbage")
+    bad = smol("generate", "Once", "--model", "R", "--device", "cpu", cwd=tmp_path)
+    assert bad.returncode == 2 and "tokenizer/tokenizer_config.json: cannot be read" in bad.stderr
