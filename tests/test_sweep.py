@@ -1,3 +1,4 @@
+import json
 import os
 import signal
 import subprocess
@@ -298,3 +299,37 @@ def test_enqueued_trials_are_taken_once_by_concurrent_sqlite_workers(tmp_path):
     for p in procs:
         p.join()
     assert numbers == list(range(40))  # each enqueued trial once, and no new ones
+
+
+def test_a_trial_orphaned_near_the_end_of_a_study_is_retried(tmp_path):
+    """Faults II #4: a worker killed while the study still reached n_trials (within the grace
+    period) left its trial RUNNING for good, and its enqueued point was never evaluated."""
+    slow = tmp_path / "smoke.yaml"  # a grace period far longer than the test: no heartbeat help
+    slow.write_text(SMOKE.read_text().replace("grace_period: 20", "grace_period: 600"))
+    args = [sys.executable, "-m", "smollm.cli", "sweep", "run", str(slow), "--runs-dir", "runs",
+            "train.max_steps=16", "train.eval_every=4", "train.ckpt_every=4"]  # fmt: skip
+    proc = subprocess.Popen(
+        args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.time() + 120
+    while (
+        not list((tmp_path / "runs" / "sweeps" / "smoke").glob("trial-0000/checkpoints/*.pt"))
+        and time.time() < deadline
+    ):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)  # trial 0 (the first enqueued point) is left RUNNING
+    proc.wait()
+    assert [t.state for t in study(tmp_path).trials] == [TrialState.RUNNING, TrialState.WAITING,
+                                                         TrialState.WAITING]  # fmt: skip
+    done = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    trials = study(tmp_path).trials
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    assert trials[0].state == TrialState.FAIL
+    retry = next(t for t in trials if t.system_attrs.get("failed_trial") == 0)
+    assert retry.state in (TrialState.COMPLETE, TrialState.PRUNED)
+    assert retry.params == trials[0].params == {"train.lr": 0.01, "train.batch_size": 4}
+    summary = json.loads(
+        (tmp_path / "runs" / "sweeps" / "smoke" / "trial-0000" / "summary.json").read_text()
+    )
+    assert summary["status"] in ("finished", "pruned")

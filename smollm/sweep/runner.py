@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import socket
 import sys
 import time
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import Any
 from smollm.config import SmolError
 from smollm.rundir import SweepDir
 from smollm.sweep.spec import Param, Sweep, load_sweep, make_pruner, make_sampler
-from smollm.sweep.storage import make_storage, retry_callback, storage_url
+from smollm.sweep.storage import make_storage, reap_orphans, retry_callback, storage_url
 
 
 def open_study(sweep: Sweep, url: str):
@@ -68,6 +69,7 @@ def objective(sweep: Sweep, runs_root: Path):
         shown = run if not sweep.seeds else trials.trial(number, sweep.seeds[0])
         trial.set_user_attr("run_dir", str(shown.path))
         trial.set_user_attr("worker_pid", os.getpid())
+        trial.set_user_attr("worker_host", socket.gethostname())  # with the pid: is it alive?
 
         def report(step: int, loss: float) -> None:
             trial.report(loss, step)
@@ -116,7 +118,14 @@ def optimize(sweep: Sweep, url: str, runs_root: Path) -> None:
     # load), another worker failed its trial and queued a retry; this one goes on with the next.
     catch = (SmolError, torch.OutOfMemoryError, optuna.exceptions.UpdateFinishedTrialError)
     start = time.monotonic()
-    while sum(t.state in finished for t in study.get_trials(deepcopy=False)) < sweep.n_trials:
+    reap_orphans(study)  # a worker that starts retries the trials of dead ones
+    while True:
+        trials = study.get_trials(deepcopy=False)
+        waiting = any(t.state == TrialState.WAITING for t in trials)  # enqueued points, retries
+        if sum(t.state in finished for t in trials) >= sweep.n_trials and not waiting:
+            if not reap_orphans(study):  # and so does one that finishes
+                return
+            continue
         left = sweep.timeout - (time.monotonic() - start) if sweep.timeout else None
         if left is not None and left <= 0:
             return

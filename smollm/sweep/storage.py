@@ -65,6 +65,51 @@ def retry_callback():
     )
 
 
+def reap_orphans(study) -> int:
+    """Fail, and so retry, the RUNNING trials that no live worker owns: those whose heartbeat is
+    stale (any machine), and at once those whose worker process on this machine is gone (its
+    trial would otherwise wait out the grace period, or for ever once the study has its
+    n_trials). Called whenever a worker starts or finishes; the number failed."""
+    import copy
+    import socket
+
+    import optuna
+    from optuna.storages import fail_stale_trials
+    from optuna.trial import TrialState
+
+    fail_stale_trials(study)
+    storage, host, reaped = study._storage, socket.gethostname(), 0
+    callback = (
+        getattr(storage, "get_heartbeat_stale_trial_callback", None)
+        or storage.get_failed_trial_callback
+    )
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        pid = t.user_attrs.get("worker_pid")
+        if t.user_attrs.get("worker_host") != host or pid is None or _alive(pid):
+            continue
+        try:
+            storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # another worker got there first
+        reaped += 1
+        if callback() is not None:
+            callback()(study, copy.deepcopy(storage.get_trial(t._trial_id)))
+    return reaped
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process of this machine with that id exists."""
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's: alive
+    return True
+
+
 def _serialise_sqlite(engine) -> None:
     """Every SQLite transaction takes the write lock when it begins (BEGIN IMMEDIATE).
 
