@@ -512,22 +512,32 @@ def serve(
     max_queued: Annotated[
         int, typer.Option(min=0, max=1024, help="Requests that may wait for a slot; more get 503")
     ] = 16,
+    max_prompt_tokens: Annotated[
+        int,
+        typer.Option(min=1, max=1 << 20, help="Prompt tokens one request may send (longer: 422)"),
+    ] = 1024,
+    header_timeout: Annotated[
+        float,
+        typer.Option(
+            min=0.1, max=3600, help="Seconds a connection has to send a request's headers"
+        ),
+    ] = 10.0,
 ) -> None:
     """Serve a web page and a JSON/SSE generation API for a model."""
     import uvicorn
 
     from smollm.hf import load_for_generation
-    from smollm.serve import create_app
+    from smollm.serve import create_app, server_config
 
     lm, tok, name = load_for_generation(model, device, dtype)
-    app_ = create_app(lm, tok, name, max_concurrent, compile, max_queued)
+    app_ = create_app(lm, tok, name, max_concurrent, compile, max_queued, max_prompt_tokens)
     if next(lm.parameters()).device.type == "cuda":
         typer.echo(
             "capturing the decode step" + (" (compiling, about a minute)" if compile else "")
         )
         app_.state.generations.warm_up()
     typer.echo(f"serving {name} on http://{host}:{port}/  (API docs: /docs, schema: /openapi.json)")
-    uvicorn.run(app_, host=host, port=port, log_level="warning")
+    uvicorn.Server(server_config(app_, host, port, header_timeout, log_level="warning")).run()
 
 
 # OS errors that a user's path or machine causes (read-only, no space, a file where a folder is

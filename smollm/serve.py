@@ -13,22 +13,30 @@ describes the model.
 from __future__ import annotations
 
 import asyncio
+import html
 import json
 import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import torch
+import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from smollm.generation import stream
 from smollm.tokenizer import decode_stream, stop_ids
 
 MAX_BODY_BYTES = 64 * 1024
+# What one request can buy: a 16 KB prompt of "é" is ~8k tokens, whose prefill held a slot for
+# 28 s on a CPU. Prompt tokens and new tokens are both bounded (the reply that refuses says so).
+MAX_PROMPT_TOKENS = 1024
+MAX_NEW_TOKENS = 512
+HEADER_TIMEOUT_S = 10.0  # a request's headers must arrive within this (slowloris)
 PAGE = Path(__file__).with_name("static") / "index.html"
 
 
@@ -37,7 +45,7 @@ class GenerateRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     prompt: str = Field(min_length=1, max_length=8000)
-    max_new_tokens: int = Field(default=64, ge=1, le=512)
+    max_new_tokens: int = Field(default=64, ge=1, le=MAX_NEW_TOKENS)
     temperature: float = Field(default=0.8, ge=0.0, le=2.0)
     top_k: int | None = Field(default=50, ge=1, le=1000)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
@@ -54,8 +62,9 @@ class Generations:
     slots (at most `max_concurrent` at once) and the bounded line of requests waiting for one."""
 
     def __init__(self, model, tokenizer, max_concurrent: int = 2, compile: bool = False,
-                 max_queued: int = 16) -> None:  # fmt: skip
+                 max_queued: int = 16, max_prompt_tokens: int = MAX_PROMPT_TOKENS) -> None:  # fmt: skip
         self.model, self.tokenizer, self.compile = model, tokenizer, compile
+        self.max_prompt_tokens = max_prompt_tokens
         self.device = next(model.parameters()).device
         self.slots = threading.BoundedSemaphore(max_concurrent)
         self.capacity = max_concurrent + max_queued  # generating + waiting
@@ -78,6 +87,11 @@ class Generations:
             raise PromptTooLong(
                 f"prompt is {ids.shape[1]} tokens; with max_new_tokens={req.max_new_tokens} it "
                 f"exceeds the model's context of {limit} tokens"
+            )
+        if ids.shape[1] > self.max_prompt_tokens:  # bounds the prefill one request can buy
+            raise PromptTooLong(
+                f"prompt is {ids.shape[1]} tokens; this server takes at most "
+                f"{self.max_prompt_tokens} prompt tokens and {MAX_NEW_TOKENS} new tokens a request"
             )
         return ids
 
@@ -167,32 +181,35 @@ class BodyLimit:
 
 
 def create_app(model, tokenizer, name: str, max_concurrent: int = 2, compile: bool = False,
-               max_queued: int = 16) -> FastAPI:  # fmt: skip
+               max_queued: int = 16, max_prompt_tokens: int = MAX_PROMPT_TOKENS) -> FastAPI:  # fmt: skip
     """The FastAPI app serving `model` (already on its device, in eval mode); on CUDA each
     generation decodes through a captured CUDA graph (`compile`: a compiled one)."""
     app = FastAPI(title="smollm", description=f"Text generation with {name}", version="1")
-    gen = Generations(model, tokenizer, max_concurrent, compile, max_queued)
+    gen = Generations(model, tokenizer, max_concurrent, compile, max_queued, max_prompt_tokens)
     app.state.generations = gen
     info = {
         "model": name,
         "parameters": model.num_parameters(),
         "context": model.config.max_seq_len,
+        "max_prompt_tokens": max_prompt_tokens,
+        "max_new_tokens": MAX_NEW_TOKENS,
     }
     app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         # FastAPI's default reply echoes each offending input back (a whole body, possibly):
-        # only where and what.
-        errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
-                  for e in exc.errors()]  # fmt: skip
+        # only where and what, and a location only when it is one of the request's own fields
+        # (an unknown key is the client's text: never sent back, never rendered)
+        errors = [{"loc": _own_location(e.get("loc", ())), "msg": e.get("msg", ""),
+                   "type": e.get("type", "")} for e in exc.errors()]  # fmt: skip
         return JSONResponse({"detail": errors}, status_code=422)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page() -> str:
         return (
             PAGE.read_text()
-            .replace("{{MODEL}}", name)
+            .replace("{{MODEL}}", html.escape(name))  # a model's name is a path: text, not markup
             .replace("{{PARAMS}}", f"{info['parameters']:,}")
         )
 
@@ -226,6 +243,65 @@ def create_app(model, tokenizer, name: str, max_concurrent: int = 2, compile: bo
         return {"text": text, "model": name}
 
     return app
+
+
+def _own_location(loc: tuple) -> list:
+    """A validation error's location, cut before the first name that is not a request field."""
+    out: list = []
+    for part in loc:
+        if isinstance(part, str) and part != "body" and part not in GenerateRequest.model_fields:
+            break
+        out.append(part)
+    return out
+
+
+def server_config(app: FastAPI, host: str, port: int, header_timeout: float = HEADER_TIMEOUT_S,
+                  **kwargs) -> uvicorn.Config:  # fmt: skip
+    """uvicorn's settings for the app: h11 whose connections must send a request's headers
+    within `header_timeout` seconds (uvicorn has no such deadline of its own; 50 connections
+    that each sent half a header stayed open), idle keep-alive connections closed after 5 s."""
+    protocol = type("H11HeaderDeadline", (HeaderDeadline,), {"header_timeout": header_timeout})
+    return uvicorn.Config(app, host=host, port=port, http=protocol, timeout_keep_alive=5, **kwargs)
+
+
+class HeaderDeadline(H11Protocol):
+    """uvicorn's h11 protocol with a deadline for each request's headers: armed when the
+    connection opens and after each response, disarmed when a request's headers are complete."""
+
+    header_timeout = HEADER_TIMEOUT_S
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        self._seen, self._deadline = None, None
+        self._arm()
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._deadline = self.loop.call_later(self.header_timeout, self._expired)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _expired(self) -> None:
+        if not self.transport.is_closing():
+            self.transport.close()
+
+    def handle_events(self) -> None:
+        super().handle_events()
+        if self.cycle is not None and self.cycle is not self._seen:  # a request's headers came
+            self._seen = self.cycle
+            self._disarm()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing():
+            self._arm()  # the next request on this connection has the same deadline
+
+    def connection_lost(self, exc) -> None:
+        self._disarm()
+        super().connection_lost(exc)
 
 
 async def _whole_text(

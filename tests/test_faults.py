@@ -404,7 +404,7 @@ def server(tokenizer):
     import uvicorn
 
     from smollm import ModelConfig, SmolLM
-    from smollm.serve import create_app
+    from smollm.serve import create_app, server_config
 
     torch.manual_seed(0)
     model = SmolLM(
@@ -423,8 +423,8 @@ def server(tokenizer):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    app = create_app(model, tokenizer, "tiny", max_concurrent=1, max_queued=1)
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    app = create_app(model, tokenizer, "tiny", max_concurrent=1, max_queued=1, max_prompt_tokens=40)
+    srv = uvicorn.Server(server_config(app, "127.0.0.1", port, header_timeout=2, log_level="error"))
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
     while not srv.started:
@@ -480,9 +480,8 @@ def test_a_chunked_body_over_the_limit_is_refused_and_not_echoed(server):
     assert b" 413 " in reply.split(b"\r\n")[0] and len(reply) < 2000
     bad = json.dumps({"prompt": "hi", "colour": "x" * 30_000}).encode()
     reply = post(port, bad)
-    assert (
-        b" 422 " in reply.split(b"\r\n")[0] and b"colour" in reply and len(reply) < 2000
-    )  # no echo
+    assert b" 422 " in reply.split(b"\r\n")[0] and len(reply) < 2000  # no echo of the value
+    assert b"colour" not in reply  # nor of the unknown key (Faults II #11)
 
 
 def test_a_prompt_past_the_context_is_a_422_that_says_the_limit(server):
@@ -746,3 +745,47 @@ def test_a_run_without_its_tokenizer_refuses_to_generate_and_train_rebuilds_it(
     (run / "tokenizer" / "tokenizer_config.json").write_text("{garbage")
     bad = smol("generate", "Once", "--model", "R", "--device", "cpu", cwd=tmp_path)
     assert bad.returncode == 2 and "tokenizer/tokenizer_config.json: cannot be read" in bad.stderr
+
+
+def test_unknown_keys_are_not_echoed_and_the_page_renders_text_as_text(server):
+    """Faults II #11: the 422 echoed an unknown key verbatim into `loc`, and the page rendered
+    error details with innerHTML."""
+    port, _, _ = server
+    key = "<img src=x onerror=alert(1)>"
+    reply = post(port, json.dumps({"prompt": "hi", key: 1, "top_k": "x"}).encode())
+    assert b" 422 " in reply.split(b"\r\n")[0] and b"<img" not in reply and b"onerror" not in reply
+    detail = json.loads(reply.split(b"\r\n\r\n", 1)[1])["detail"]
+    assert {tuple(e["loc"]) for e in detail} == {
+        ("body",),
+        ("body", "top_k"),
+    }  # its own field named
+    page = (Path(__file__).resolve().parent.parent / "smollm" / "static" / "index.html").read_text()
+    assert "innerHTML" not in page
+
+
+def test_a_half_sent_header_is_closed_after_the_header_timeout(server):
+    """Faults II #11: 50 connections that each sent half a header stayed open for 20 s."""
+    port, _, _ = server
+    conns = [socket.create_connection(("127.0.0.1", port), timeout=15) for _ in range(20)]
+    try:
+        for s in conns:
+            s.sendall(b"POST /generate HTTP/1.1\r\nHost: x\r\nContent-Ty")
+        started = time.monotonic()
+        for s in conns:  # the server closes each (header_timeout=2 here): recv sees the end
+            assert s.recv(1024) == b"" and time.monotonic() - started < 15
+    finally:
+        for s in conns:
+            s.close()
+    ok = post(port, json.dumps({"prompt": "hi", "max_new_tokens": 2}).encode())
+    assert b" 200 " in ok.split(b"\r\n")[0]  # a whole request still gets its answer
+
+
+def test_the_work_one_request_can_buy_is_bounded_and_stated(server):
+    """Faults II #11: a 16 KB prompt of "é" held a generation slot for 28 s."""
+    port, calls, app = server
+    before = calls["n"]
+    reply = post(port, json.dumps({"prompt": "é" * 8000, "max_new_tokens": 1}).encode())
+    assert b" 422 " in reply.split(b"\r\n")[0] and calls["n"] == before  # refused unrun
+    reply = post(port, json.dumps({"prompt": "word " * 50, "max_new_tokens": 8}).encode())
+    assert b" 422 " in reply.split(b"\r\n")[0]
+    assert b"this server takes at most 40 prompt tokens and 512 new tokens a request" in reply
