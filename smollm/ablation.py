@@ -225,25 +225,37 @@ def run_ablation(
             "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
         })  # fmt: skip
     t0, n = time.monotonic(), len(ablation.jobs())
-    if ablation.tune:
-        tune(ablation, root, progress)
-    if workers > 1 and n > 1:
-        outcomes = _run_parallel(ablation, root, n, workers)
-    else:
-        outcomes = [_run_one(ablation, root, i, progress) for i in range(n)]
-    if ablation.reference:
-        evaluate_reference(ablation, root, progress)
-    _record_session(root, outcomes, time.monotonic() - t0)
+    outcomes: list[dict[str, Any]] = []
+    finished = False
+    try:
+        if ablation.tune:
+            tune(ablation, root, progress)
+        if workers > 1 and n > 1:
+            outcomes = _run_parallel(ablation, root, n, workers)
+        else:
+            for i in range(n):
+                outcomes.append(_run_one(ablation, root, i, progress))
+        if ablation.reference:
+            evaluate_reference(ablation, root, progress)
+        finished = True
+    finally:  # an interrupted session (Ctrl-C) counts too: its time and the runs it finished
+        _record_session(root, outcomes, time.monotonic() - t0, interrupted=not finished)
     return outcomes
 
 
-def _record_session(root: AblationDir, outcomes: list[dict[str, Any]], seconds: float) -> None:
-    """Add this invocation's wall time to the provenance, when it trained anything."""
+def _record_session(
+    root: AblationDir, outcomes: list[dict[str, Any]], seconds: float, interrupted: bool = False
+) -> None:
+    """Add this invocation's wall time to the provenance, when it trained anything (an
+    interrupted one always: it was training when it stopped)."""
     trained = sum(o.get("trained", False) for o in outcomes)
-    if not trained:
+    if not trained and not interrupted:
         return  # a re-run that found everything finished: the record stays as it was
     prov = read_json(root.provenance)
-    prov.setdefault("sessions", []).append({"runs_trained": trained, "wall_s": round(seconds, 1)})
+    session = {"runs_trained": trained, "wall_s": round(seconds, 1)}
+    prov.setdefault("sessions", []).append(
+        {**session, **({"interrupted": True} if interrupted else {})}
+    )
     write_json(root.provenance, prov)
 
 

@@ -352,7 +352,9 @@ def wall_time(sessions: list[dict[str, Any]]) -> str:
     minutes = sum(s["wall_s"] for s in sessions) / 60
     runs = sum(s["runs_trained"] for s in sessions)
     many = f"{len(sessions)} sessions" if len(sessions) > 1 else "one session"
-    return f", {minutes:.1f} minutes of wall time in {many} ({runs} runs trained)"
+    cut = sum(bool(s.get("interrupted")) for s in sessions)
+    cut_short = f", {cut} of them interrupted" if cut else ""
+    return f", {minutes:.1f} minutes of wall time in {many} ({runs} runs trained{cut_short})"
 
 
 def _lr_sources(root: AblationDir, spec: dict[str, Any], variants) -> dict[str, str]:

@@ -346,6 +346,35 @@ def test_ctrl_c_says_where_the_run_resumes_and_it_does(tmp_path, corpus, referen
     assert resumed.returncode == 0 and same_weights(tmp_path / "R", reference)
 
 
+def test_an_ablation_interrupted_then_rerun_counts_every_session(tmp_path):
+    """Faults II #12: after Ctrl-C and a re-run the provenance said "(1 runs trained)" in one
+    session where four runs were trained."""
+    (tmp_path / "slow").mkdir()
+    (tmp_path / "slow" / "sitecustomize.py").write_text(SLOW_STEPS)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(tmp_path / "slow"), os.environ.get("PYTHONPATH", "")]),
+    }
+    proc = subprocess.Popen([sys.executable, "-m", "smollm.cli", "run", "ablation", str(SMOKE), "--quiet"],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
+    second = tmp_path / "runs" / "smoke" / "full-s1" / "summary.json"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (second.is_file() and "finished" in second.read_text()):
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)  # during the third run
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    again = smol("run", "ablation", str(SMOKE), "--quiet", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-2000:]
+    prov = json.loads((tmp_path / "runs" / "smoke" / "provenance.json").read_text())
+    assert [s.get("interrupted", False) for s in prov["sessions"]] == [True, False]
+    assert sum(s["runs_trained"] for s in prov["sessions"]) == 4
+    assert prov["sessions"][0]["runs_trained"] == 2
+    md = (tmp_path / "results" / "smoke" / "summary.md").read_text()
+    assert "in 2 sessions (4 runs trained, 1 of them interrupted)" in md
+
+
 # ---------------------------------------------------------------------------- files named
 
 
