@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from smollm.config import BASES, PRESET_ALIASES, SWITCHES, SmolError
+from smollm.config import BASES, PRESET_ALIASES, SWITCHES, Preempted, SmolError
 
 app = typer.Typer(
     help="smollm: a research harness for small Llama-style language models (SmolLM2 family).",
@@ -560,6 +560,9 @@ def main() -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     try:
         code = app(standalone_mode=False)  # so Ctrl-C and our errors reach the handlers below
+    except Preempted as e:  # SIGTERM / SIGUSR2: saved at a step boundary, resumable
+        typer.echo(str(e), err=True)
+        sys.exit(128 + e.signum)
     except SmolError as e:
         typer.echo(f"error: {e}", err=True)
         sys.exit(2)

@@ -35,6 +35,20 @@ class ConfigError(SmolError, ValueError):
     """A configuration that cannot be built; the message names the problem."""
 
 
+class Preempted(Exception):
+    """A run stopped at a step boundary on SIGTERM/SIGUSR2, its checkpoint saved; re-running the
+    same command (or requeueing the job) resumes it bit for bit. Not a failure (no SmolError, so
+    nothing records it as one on the way out); the CLI says it in one line, exit 128 + signal."""
+
+    def __init__(self, signum: int, step: int, where: str) -> None:
+        import signal
+
+        self.signum, self.step = signum, step
+        name = signal.Signals(signum).name
+        super().__init__(f"preempted ({name}) at step {step}: checkpoint saved; re-run the same "
+                         f"command to resume {where} from step {step}")  # fmt: skip
+
+
 class InputError(SmolError, ValueError):
     """Input a function cannot take (a prompt past the context, a split too small for a block);
     a ValueError for callers of the API, one line for the CLI."""

@@ -30,8 +30,8 @@ from typing import Any, Literal
 
 from smollm.config import SmolError, experiment_diff
 
-Status = Literal["running", "finished", "failed", "diverged", "pruned"]
-STATUSES = ("running", "finished", "failed", "diverged", "pruned")
+Status = Literal["running", "finished", "failed", "diverged", "pruned", "preempted"]
+STATUSES = ("running", "finished", "failed", "diverged", "pruned", "preempted")
 JSONL = ("metrics", "perf", "samples")
 
 

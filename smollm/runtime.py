@@ -6,7 +6,9 @@ from __future__ import annotations
 import os
 import platform
 import resource
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,6 +88,44 @@ def peak_memory(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device)
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR2)  # SLURM's notice; submitit's USR2
+
+
+class PreemptionFlag:
+    """While active, SIGTERM and SIGUSR2 only set a flag (nothing is saved inside a handler);
+    the training loop asks `due` at its step boundaries and saves there. Under DDP the ranks
+    agree (one all-reduce) at the steps where they already sync with the host."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> PreemptionFlag:
+        if threading.current_thread() is threading.main_thread():  # handlers live there only
+            for sig in PREEMPTION_SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._set)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _set(self, signum: int, _frame: Any) -> None:
+        self.signum = signum
+
+    def due(self, synced_step: bool, world_size: int, device: torch.device) -> bool:
+        """Whether to stop after this step: at once alone; under DDP at a synced step, when
+        any rank was signalled."""
+        if world_size == 1:
+            return self.signum is not None
+        if not synced_step:
+            return False
+        flag = torch.tensor([self.signum or 0], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        self.signum = int(flag.item()) or None
+        return self.signum is not None
 
 
 MEMORY_CHECK_ENV = "SMOLLM_NO_MEMORY_CHECK"  # =1: build the model whatever the estimate says

@@ -104,6 +104,8 @@ class Tracker:
         summary = self.run.write_summary(status, **fields)
         if self.wandb is not None:
             self.wandb.summary.update({k: v for k, v in summary.items() if not isinstance(v, dict)})
+            if status == "preempted":  # W&B shows it as preempted; the resume continues the run
+                self.wandb.mark_preempting()
         self.close(exit_code=0 if status == "finished" else 1)
         return summary
 

@@ -38,6 +38,7 @@ from smollm.config import (
     DataConfig,
     ExperimentConfig,
     ModelConfig,
+    Preempted,
     SmolError,
     TrainConfig,
     disk_full,
@@ -52,6 +53,7 @@ from smollm.model import SmolLM
 from smollm.rundir import RunDir, RunDirError
 from smollm.runtime import (
     Dist,
+    PreemptionFlag,
     Throughput,
     autocast_dtype,
     check_memory,
@@ -414,7 +416,7 @@ def _train(exp, run: RunDir, cache, tok, ddp: Dist, device, progress, on_eval) -
     bar = tqdm(total=s.max_steps, initial=s.step, desc=run.name, unit="step",
                disable=not (progress and ddp.main))  # fmt: skip
     val, scores = None, {}
-    with _recorded(run, tracker, exp, s), contextlib.closing(bar):
+    with PreemptionFlag() as preempt, _recorded(run, tracker, exp, s), contextlib.closing(bar):
         while s.step < s.max_steps:
             lr = lr_at(s.step, tc, s.max_steps)
             for group in s.optimizer.param_groups:
@@ -437,6 +439,10 @@ def _train(exp, run: RunDir, cache, tok, ddp: Dist, device, progress, on_eval) -
                     on_eval(s.step, val.loss)
             if tracker and ckpt:
                 save_checkpoint(run, s.state(exp), tc.keep_checkpoints)
+            if preempt.due(log or ev or ckpt, ddp.world_size, device):  # SIGTERM / SIGUSR2
+                if tracker and not ckpt:
+                    save_checkpoint(run, s.state(exp), tc.keep_checkpoints)
+                raise Preempted(preempt.signum, s.step, str(run.path))
     if tracker is None:
         return {"status": "finished", "step": s.step, "tokens": s.tokens}
     if val is None:  # resumed from the final checkpoint: its evaluation is due (not logged again)
@@ -458,13 +464,19 @@ def _log(
 
 @contextlib.contextmanager
 def _recorded(run: RunDir, tracker: Tracker | None, exp: ExperimentConfig, s: Session):
-    """How a run that stops early is recorded: diverged or failed in its summary; interrupted
-    (Ctrl-C) left resumable, with one line saying from where."""
+    """How a run that stops early is recorded: diverged or failed in its summary; preempted
+    (SIGTERM/SIGUSR2, checkpoint saved) in its summary, resumable; interrupted (Ctrl-C) left
+    resumable, with one line saying from where."""
     try:
         yield
     except TrainingDiverged as e:
         if tracker:
             _best_effort(tracker.finish, "diverged", error=str(e), step=s.step, tokens=s.tokens,
+                         config=exp.to_dict())  # fmt: skip
+        raise
+    except Preempted as e:  # its checkpoint is saved: the summary says so, the run resumes
+        if tracker:
+            _best_effort(tracker.finish, "preempted", error=str(e), step=s.step, tokens=s.tokens,
                          config=exp.to_dict())  # fmt: skip
         raise
     except KeyboardInterrupt:

@@ -346,6 +346,49 @@ def test_ctrl_c_says_where_the_run_resumes_and_it_does(tmp_path, corpus, referen
     assert resumed.returncode == 0 and same_weights(tmp_path / "R", reference)
 
 
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR2])
+def test_a_preempted_run_saves_at_a_step_boundary_and_resumes_bitwise(
+    tmp_path, corpus, reference, sig
+):
+    """SIGTERM (and SLURM/submitit's SIGUSR2) set a flag; the loop saves at the next step,
+    the summary says preempted, one line says how to resume, and the resume is bit for bit."""
+    slow = args(corpus, "train.max_steps=8", "train.ckpt_every=4")
+    (tmp_path / "slow").mkdir()
+    (tmp_path / "slow" / "sitecustomize.py").write_text(SLOW_STEPS)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(tmp_path / "slow"), os.environ.get("PYTHONPATH", "")]),
+    }
+    proc = subprocess.Popen([sys.executable, "-m", "smollm.cli", "train", *slow, "--run-dir", "R", "--quiet"],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.time() + 120
+    while not (tmp_path / "R" / "metrics.jsonl").is_file() and time.time() < deadline:
+        time.sleep(0.01)
+    while (
+        "train/loss" not in (tmp_path / "R" / "metrics.jsonl").read_text()
+        and time.time() < deadline
+    ):
+        time.sleep(0.01)
+    proc.send_signal(sig)  # after step 1, before the step-4 checkpoint
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + sig and "Traceback" not in err, err
+    line = err.strip().splitlines()[-1]
+    assert line.startswith(f"preempted ({sig.name}) at step ") and "re-run the same command" in line
+    step = int(line.split(" at step ")[1].split(":")[0])
+    assert 1 <= step < 8 and f"step-{step:08d}.pt" in [
+        p.name for p in checkpoint_paths(tmp_path / "R")
+    ]
+    summary = json.loads((tmp_path / "R" / "summary.json").read_text())
+    assert summary["status"] == "preempted" and summary["step"] == step
+    resumed = smol("train", *slow, "--run-dir", "R", "--quiet", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    full = smol("train", *slow, "--run-dir", "U", "--quiet", cwd=tmp_path)  # uninterrupted
+    assert full.returncode == 0 and same_weights(tmp_path / "R", tmp_path / "U")
+    assert (tmp_path / "R" / "metrics.jsonl").read_text() == (
+        tmp_path / "U" / "metrics.jsonl"
+    ).read_text()
+
+
 def test_an_ablation_interrupted_then_rerun_counts_every_session(tmp_path):
     """Faults II #12: after Ctrl-C and a re-run the provenance said "(1 runs trained)" in one
     session where four runs were trained."""

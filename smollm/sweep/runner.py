@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from smollm.config import SmolError
+from smollm.config import Preempted, SmolError
 from smollm.rundir import SweepDir
 from smollm.sweep.spec import Param, Sweep, load_sweep, make_pruner, make_sampler
 from smollm.sweep.storage import make_storage, reap_orphans, retry_callback, storage_url
@@ -84,6 +84,9 @@ def objective(sweep: Sweep, runs_root: Path):
                                 on_eval=report if k == 0 else None)  # fmt: skip
             except optuna.TrialPruned as e:
                 seed_run.write_summary("pruned", reason=str(e), params=params)
+                raise
+            except Preempted:  # its run is saved: a retry (same params) resumes it, then stop
+                retry_callback()(max_retry=sweep.max_retry)(trial.study, frozen)
                 raise
             values.append(summary[sweep.objective])
         if any(v is None or not math.isfinite(v) for v in values):
