@@ -38,6 +38,7 @@ from smollm.experiment import (
     read_mapping,
     to_experiment,
 )
+from smollm.launch import SlurmConfig, slurm_config
 from smollm.rundir import (
     AblationDir,
     RunDir,
@@ -49,7 +50,7 @@ from smollm.rundir import (
     write_json,
 )
 
-ABLATION_KEYS = {"name", "base", "variants", "seeds", "baseline", "reference", "description", "from_sweep", "tune"}  # fmt: skip
+ABLATION_KEYS = {"name", "base", "variants", "seeds", "baseline", "reference", "description", "from_sweep", "tune", "launcher"}  # fmt: skip
 TUNE_KEYS = {"space", "n_trials", "seeds", "objective", "sampler", "pruner", "overrides", "timeout",
              "heartbeat_interval", "grace_period", "max_retry", "enqueue"}  # fmt: skip
 
@@ -73,6 +74,7 @@ class Ablation:
     raw: dict = field(default_factory=dict)
     source: tuple[str, tuple[str, ...]] = ("", ())  # (file, overrides): how a worker reloads it
     tune: dict | None = None  # `tune:` of the file: a per-variant search (see tune_sweep)
+    launcher: SlurmConfig = SlurmConfig()  # `launcher:`: each run's resources on SLURM
 
     def experiment(
         self, variant: Variant, seed: int, tuned: dict[str, Any] | None = None
@@ -128,12 +130,16 @@ def _swept(spec: Any) -> dict[str, Any]:
 
 
 def load_ablation(path: str | Path, overrides: list[str] | None = None) -> Ablation:
-    """Read an ablation file; dotlist overrides apply to the base experiment (e.g. train.max_steps=5)."""
+    """Read an ablation file; dotlist overrides apply to the base experiment (e.g. train.max_steps=5),
+    `launcher.KEY=VALUE` ones to its `launcher:` section."""
     raw = read_mapping(path, "ablation", ABLATION_KEYS)
+    overrides = list(overrides or [])
+    launching = [o for o in overrides if o.startswith("launcher.")]
     base = merge(
         experiment_schema(),
-        [raw.get("base") or {}, _swept(raw.get("from_sweep")), list(overrides or [])],
-    )
+        [raw.get("base") or {}, _swept(raw.get("from_sweep")),
+         [o for o in overrides if o not in launching]],
+    )  # fmt: skip
     variants = tuple(_variant(v) for v in raw.get("variants") or [])
     if not variants:
         raise ConfigError(f"{path}: no variants")
@@ -154,7 +160,8 @@ def load_ablation(path: str | Path, overrides: list[str] | None = None) -> Ablat
         name=name, base=base, variants=variants,
         seeds=tuple(seeds), baseline=str(raw.get("baseline") or names[0]),
         reference=bool(raw.get("reference", True)), description=str(raw.get("description") or ""), raw=raw,
-        source=(str(path), tuple(overrides or ())), tune=_tune_spec(raw.get("tune"), path),
+        source=(str(path), tuple(overrides)), tune=_tune_spec(raw.get("tune"), path),
+        launcher=slurm_config(raw.get("launcher"), launching, str(path)),
     )  # fmt: skip
     if ablation.tune:
         for v in variants:  # every variant's search is valid before anything runs
@@ -208,11 +215,13 @@ def tune(ablation: Ablation, root: AblationDir, progress: bool = True) -> dict[s
 
 
 def run_ablation(
-    ablation: Ablation, runs_root: Path, progress: bool = True, workers: int = 1
-) -> list[dict[str, Any]]:
+    ablation: Ablation, runs_root: Path, progress: bool = True, workers: int = 1,
+    launcher: str = "local", wait: bool = True,
+) -> list[dict[str, Any]]:  # fmt: skip
     """Train every (variant, seed) not yet finished; a failure is recorded and the rest go on.
 
-    With `workers` > 1 the runs go to that many processes, worker i on GPU i mod n.
+    With `workers` > 1 the runs go to that many processes, worker i on GPU i mod n; with
+    `launcher="slurm"` they go out as one SLURM job array (`wait`: until it is done).
     """
     root = AblationDir(runs_root, ablation.name)
     root.path.mkdir(parents=True, exist_ok=True)
@@ -228,9 +237,16 @@ def run_ablation(
     outcomes: list[dict[str, Any]] = []
     finished = False
     try:
-        if ablation.tune:
+        if ablation.tune and launcher == "slurm" and not root.tuned.is_file():
+            raise SmolError(f"{ablation.name}: its tune: phase does not run on SLURM yet; run it "
+                            "once with --launcher local, then the runs with --launcher slurm")  # fmt: skip
+        if ablation.tune and launcher == "local":
             tune(ablation, root, progress)
-        if workers > 1 and n > 1:
+        if launcher == "slurm":
+            outcomes = _run_slurm(ablation, root, progress, wait)
+            if not wait:
+                return outcomes
+        elif workers > 1 and n > 1:
             outcomes = _run_parallel(ablation, root, n, workers)
         else:
             for i in range(n):
@@ -290,6 +306,80 @@ def _run_one(ablation: Ablation, root: AblationDir, index: int, progress: bool) 
         "trained": summary != before,  # a finished run hands back its summary unchanged
         **{k: summary.get(k) for k in ("status", "step", "val_loss", "val_bpb", "error")},
     }
+
+
+@dataclass(frozen=True)
+class AblationRun:
+    """The index-th (variant, seed) of an ablation as a picklable call: what a SLURM array task
+    runs (it reloads the file, as a local worker does)."""
+
+    source: tuple[str, tuple[str, ...]]
+    runs_root: str
+    index: int
+
+    def __call__(self) -> dict[str, Any]:
+        ablation = load_ablation(self.source[0], list(self.source[1]))
+        root = AblationDir(Path(self.runs_root), ablation.name)
+        return _run_one(ablation, root, self.index, progress=False)
+
+
+def _done(ablation: Ablation, root: AblationDir, index: int) -> bool:
+    """Whether the index-th run is finished as the file now says (its vocabulary size, resolved
+    when it starts, aside)."""
+    variant, seed = ablation.jobs()[index]
+    run = root.run(variant.name, seed)
+    try:
+        summary = run.read_summary()
+        changes = run.experiment_changes(ablation.experiment(variant, seed).to_dict())
+    except RunDirError:
+        return False
+    changes = [c for c in changes if not c.startswith("model.vocab_size:")]
+    return summary is not None and summary["status"] == "finished" and not changes
+
+
+def _run_slurm(ablation: Ablation, root: AblationDir, progress: bool, wait: bool) -> list[dict]:
+    """The runs not finished and not already queued as one SLURM array; then, when asked, wait
+    for every run's job and read the outcomes from the run directories."""
+    from smollm.launch import Task, queue_states, recorded_job, submit, wait_for
+
+    jobs = ablation.jobs()
+    recorded = {i: recorded_job(root.run(v.name, s)) for i, (v, s) in enumerate(jobs)}
+    live = queue_states([j for j in recorded.values() if j])
+    todo = [i for i in range(len(jobs)) if not _done(ablation, root, i) and recorded[i] not in live]
+    # absolute paths: the job may start in another directory
+    source = (str(Path(ablation.source[0]).resolve()), ablation.source[1])
+    runs_root = str(root.path.parent.resolve())
+    tasks = [Task(root.run(jobs[i][0].name, jobs[i][1]).name, root.run(jobs[i][0].name, jobs[i][1]),
+                  AblationRun(source, runs_root, i)) for i in todo]  # fmt: skip
+    submitted = submit(tasks, root.slurm, ablation.launcher, ablation.name)
+    print(f"[slurm] {len(submitted)} runs submitted as one job array"
+          + (f" ({submitted[0].split('_')[0]})" if submitted else "")
+          + f", {len(live)} already queued, {len(jobs) - len(todo) - len(live)} finished",
+          file=sys.stderr, flush=True)  # fmt: skip
+    if wait:
+        wait_for(submitted + list(live), progress)
+    return [_slurm_outcome(ablation, root, i, i in todo, wait) for i in range(len(jobs))]
+
+
+def _slurm_outcome(ablation: Ablation, root: AblationDir, index: int, sent: bool, waited: bool):
+    """A run's outcome row from its directory; a failed job names its log."""
+    variant, seed = ablation.jobs()[index]
+    run = root.run(variant.name, seed)
+    try:
+        summary = run.read_summary() or {}
+    except RunDirError as e:
+        summary = {"status": "failed", "error": str(e)}
+    status = summary.get("status") or ("failed" if waited else "submitted")
+    if not waited and status != "finished":
+        status = "submitted" if sent else "queued"
+    error = summary.get("error") or (
+        "its SLURM job left no summary" if status == "failed" else None
+    )
+    if status not in ("finished", "submitted", "queued"):
+        error = f"{error}; log: {run.slurm / 'stderr'}"
+    return {"run": run.name, "variant": variant.name, "seed": seed, "trained": sent,
+            **{k: summary.get(k) for k in ("step", "val_loss", "val_bpb")},
+            "status": status, "error": error}  # fmt: skip
 
 
 def _record_failure(run: RunDir, error: str) -> None:

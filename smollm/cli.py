@@ -373,24 +373,47 @@ def run_ablation_cmd(
             min=1, max=64, help="Runs in parallel processes; worker i uses GPU i mod (GPUs)"
         ),
     ] = 1,
+    launcher: Annotated[
+        str,
+        typer.Option(
+            help="Where the runs execute: local (this machine, --workers processes) or slurm "
+            "(one job array; resources from the file's launcher: section, launcher.KEY=VALUE)"
+        ),
+    ] = "local",
+    wait: Annotated[
+        bool,
+        typer.Option(
+            "--wait/--no-wait",
+            help="slurm: wait for the array and write the tables (--no-wait: submit and return; "
+            "`smol results` writes them later)",
+        ),
+    ] = True,
 ) -> None:
     """Train every (variant, seed) of an ablation, then rebuild its results tables.
 
     Finished runs are skipped, interrupted ones resume, runs of an edited variant start over, a
-    failed run is recorded and the rest go on.
+    failed run is recorded and the rest go on. Re-running with --launcher slurm submits only the
+    runs that are neither finished nor queued.
     """
     from smollm.ablation import load_ablation, run_ablation
     from smollm.assets import config_file
+    from smollm.launch import LAUNCHERS
     from smollm.results import build_results
 
+    if launcher not in LAUNCHERS:
+        raise SmolError(f"--launcher {launcher!r}: choose {' or '.join(LAUNCHERS)}")
     ablation = load_ablation(config_file("ablation", config), overrides or [])
-    outcomes = run_ablation(ablation, Path(runs_dir), progress=not quiet, workers=workers)
+    outcomes = run_ablation(ablation, Path(runs_dir), progress=not quiet, workers=workers,
+                            launcher=launcher, wait=wait)  # fmt: skip
     typer.echo(f"\n{'run':<24}{'status':<10}{'val loss':>10}{'bits/byte':>11}")
     for o in outcomes:
         loss = f"{o['val_loss']:.4f}" if o.get("val_loss") is not None else "—"
         bpb = f"{o['val_bpb']:.4f}" if o.get("val_bpb") is not None else "—"
         error = f"  {o['error']}" if o.get("error") else ""
         typer.echo(f"{o['run']:<24}{o['status']:<10}{loss:>10}{bpb:>11}{error}")
+    if launcher == "slurm" and not wait:
+        typer.echo(f"submitted; `smol results {ablation.name}` writes the tables once they finish")
+        return
     out = build_results(ablation.name, Path(runs_dir), Path(results_dir))
     failed = sum(o["status"] != "finished" for o in outcomes)
     typer.echo(

@@ -8,6 +8,7 @@ A run directory (`RunDir`) holds:
     samples.jsonl   generations at each evaluation    summary.json status and final figures
     checkpoints/    step-NNNNNNNN.pt (format: smollm.checkpoint)
     wandb_id, wandb/   the W&B run's id and files     error.log    a failed run's traceback
+    slurm/          job.json and links to its logs, when a SLURM array task ran it
     eval.json       `smol eval` of the run's final model
     .lock           held by the one process writing the directory
 
@@ -124,6 +125,7 @@ class RunDir:
     error_log = property(lambda self: self.path / "error.log")
     eval_json = property(lambda self: self.path / "eval.json")  # `smol eval` of the run's model
     lock_path = property(lambda self: self.path / ".lock")
+    slurm = property(lambda self: self.path / "slurm")  # job.json, links to the job's logs
 
     def jsonl(self, kind: str) -> Path:
         """metrics.jsonl, perf.jsonl or samples.jsonl."""
@@ -345,6 +347,7 @@ class AblationDir:
     tuned = property(lambda self: self.path / "tuned.json")  # each variant's best parameters
     # the W&B run that carries the ablation's tables (wandb_id, wandb/), one per ablation
     summary_run = property(lambda self: RunDir(self.path / "summary"))
+    slurm = property(lambda self: self.path / "slurm")  # submitit's pickles and logs (%A_%a)
 
     def run(self, variant: str, seed: int) -> RunDir:
         return RunDir(self.path / run_name(variant, seed))

@@ -1,0 +1,207 @@
+"""`--launcher slurm` against a real SLURM cluster on this machine (Debian's slurmctld, slurmd and
+munge, started here without systemd, stopped afterwards; `make test` installs them)."""
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from .conftest import smol
+
+ROOT = Path(__file__).resolve().parent.parent
+SMOKE = ROOT / "experiments" / "smoke.yaml"
+
+pytestmark = pytest.mark.slow
+
+CONF = """ClusterName=smollm-test
+SlurmctldHost=localhost(127.0.0.1)
+SlurmctldPort={ctld_port}
+SlurmdPort={d_port}
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+AuthInfo=cred_expire=10
+StateSaveLocation={root}/state
+SlurmdSpoolDir={root}/spool
+SlurmctldPidFile={root}/slurmctld.pid
+SlurmdPidFile={root}/slurmd.pid
+SlurmctldLogFile={root}/slurmctld.log
+SlurmdLogFile={root}/slurmd.log
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+SchedulerType=sched/backfill
+SelectType=select/cons_tres
+SelectTypeParameters=CR_CPU
+AccountingStorageType=accounting_storage/none
+JobAcctGatherType=jobacct_gather/none
+ReturnToService=2
+MpiDefault=none
+NodeName=localhost NodeAddr=127.0.0.1 CPUs={cpus} State=UNKNOWN
+PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
+"""
+# AuthInfo=cred_expire=10: a requeued job may start again 11 s later (the default waits 121 s)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _munge_up() -> bool:
+    enc = subprocess.run(["munge", "-n"], capture_output=True)
+    return enc.returncode == 0 and subprocess.run(["unmunge"], input=enc.stdout,
+                                                  capture_output=True).returncode == 0  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def slurm():
+    """A one-node cluster (this machine, every CPU) whose config SLURM_CONF names; yields env."""
+    missing = [b for b in ("slurmctld", "slurmd", "munged", "sbatch") if shutil.which(b) is None]
+    assert not missing, f"{missing} not installed: run `make test` (scripts/setup-test-deps.sh)"
+    assert os.geteuid() == 0, "the test cluster's daemons run as root"
+    if not _munge_up():
+        Path("/run/munge").mkdir(parents=True, exist_ok=True)
+        shutil.chown("/run/munge", "munge", "munge")
+        subprocess.run(["runuser", "-u", "munge", "--", "munged"], check=True, capture_output=True)
+        assert _munge_up(), "munged does not answer"
+    root = Path(tempfile.mkdtemp(prefix="smollm-slurm-", dir="/tmp"))
+    for d in ("state", "spool"):
+        (root / d).mkdir()
+    conf = root / "slurm.conf"
+    conf.write_text(CONF.format(root=root, ctld_port=_free_port(), d_port=_free_port(),
+                                cpus=os.cpu_count() or 2))  # fmt: skip
+    env = {**os.environ, "SLURM_CONF": str(conf)}
+    try:
+        subprocess.run(["slurmctld"], env=env, check=True, capture_output=True, timeout=60)
+        subprocess.run(["slurmd", "-N", "localhost"], env=env, check=True, capture_output=True,
+                       timeout=60)  # fmt: skip
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            state = subprocess.run(["sinfo", "-h", "-o", "%t"], env=env, capture_output=True,
+                                   text=True).stdout.strip()  # fmt: skip
+            if state == "idle":
+                break
+            time.sleep(0.5)
+        assert state == "idle", (
+            f"the test node is {state!r}: {(root / 'slurmd.log').read_text()[-2000:]}"
+        )
+        yield env
+    finally:
+        subprocess.run(["scancel", "--full", "-u", "root"], env=env, capture_output=True)
+        for pid_file in ("slurmd.pid", "slurmctld.pid"):
+            pid = root / pid_file
+            if pid.is_file():
+                with contextlib.suppress(ProcessLookupError, ValueError):
+                    os.kill(int(pid.read_text()), signal.SIGTERM)
+        time.sleep(1)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def deterministic(path: Path) -> str:
+    """summary.csv without the timing column (tokens/s differs between any two runs)."""
+    rows = path.read_text().splitlines()
+    col = rows[0].split(",").index("tokens_per_s")
+    return "\n".join(",".join(c for i, c in enumerate(r.split(",")) if i != col) for r in rows)
+
+
+def test_an_ablation_on_slurm_equals_the_local_one_and_a_rerun_submits_nothing(tmp_path, slurm):
+    """Every run an array task, the same tables as --launcher local, the logs beside each run."""
+    local = smol("run", "ablation", "smoke", "--runs-dir", "local", "--results-dir", "local-results",
+                 "--quiet", cwd=tmp_path)  # fmt: skip
+    assert local.returncode == 0, local.stderr[-2000:]
+    cmd = ["run", "ablation", "smoke", "--launcher", "slurm", "--quiet"]
+    first = smol(*cmd, cwd=tmp_path, env=slurm)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "[slurm] 4 runs submitted as one job array" in first.stderr
+    assert deterministic(tmp_path / "results" / "smoke" / "summary.csv") == deterministic(
+        tmp_path / "local-results" / "smoke" / "summary.csv"
+    )
+    ids = set()
+    for run in ("full-s0", "full-s1", "v1-s0", "v1-s1"):
+        slurm_dir = tmp_path / "runs" / "smoke" / run / "slurm"
+        ids.add(json.loads((slurm_dir / "job.json").read_text())["job_id"].split("_")[0])
+        assert (slurm_dir / "stdout").resolve().is_file() and (slurm_dir / "stderr").exists()
+    assert len(ids) == 1  # one array
+    again = smol(*cmd, cwd=tmp_path, env=slurm)
+    assert again.returncode == 0 and "[slurm] 0 runs submitted" in again.stderr, again.stderr
+    assert "0 already queued, 4 finished" in again.stderr
+
+
+SLOW_STEPS = """
+try:
+    import time
+
+    import torch.nn.utils
+
+    _clip = torch.nn.utils.clip_grad_norm_
+
+    def clip_grad_norm_(*args, **kwargs):  # each step takes 0.2 s more: a signal lands mid-run
+        time.sleep(0.2)
+        return _clip(*args, **kwargs)
+
+    torch.nn.utils.clip_grad_norm_ = clip_grad_norm_
+except ImportError:  # another python on the way (SLURM's own tools)
+    pass
+"""
+
+
+@pytest.mark.parametrize("sig", ["USR2", "TERM"])
+def test_a_preempted_array_task_is_requeued_and_resumes_exactly(tmp_path, slurm, sig):
+    """`scancel --signal=USR2` (submitit's preemption notice), or TERM, to a running task: it
+    saves at a step boundary, requeues itself, resumes, and ends as an uninterrupted run."""
+    (tmp_path / "slow").mkdir()
+    (tmp_path / "slow" / "sitecustomize.py").write_text(SLOW_STEPS)
+    one = tmp_path / "one.yaml"
+    one.write_text(SMOKE.read_text().replace("name: smoke", "name: one").replace("  - v1\n", "")
+                   .replace("seeds: [0, 1]", "seeds: [0]"))  # fmt: skip
+    args = ["run", "ablation", str(one), "train.max_steps=30", "--quiet"]
+    env = {
+        **slurm,
+        "PYTHONPATH": os.pathsep.join([str(tmp_path / "slow"), os.environ.get("PYTHONPATH", "")]),
+    }
+    sent = smol(*args, "--launcher", "slurm", "--no-wait", cwd=tmp_path, env=env)
+    assert sent.returncode == 0 and "full-s0                 submitted" in sent.stdout, sent.stderr
+    run = tmp_path / "runs" / "one" / "full-s0"
+    deadline = time.time() + 120
+    while not list(run.glob("checkpoints/*.pt")) and time.time() < deadline:
+        time.sleep(0.05)
+    job = json.loads((run / "slurm" / "job.json").read_text())["job_id"]
+    subprocess.run(["scancel", f"--signal={sig}", job], env=slurm, check=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and "preempted" not in (run / "summary.json").read_text():
+        time.sleep(0.1)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "preempted" and 0 < summary["step"] < 30, summary
+    waited = smol(*args, "--launcher", "slurm", cwd=tmp_path, env=env)  # the same job, requeued
+    assert waited.returncode == 0, waited.stderr[-3000:]
+    assert "0 runs submitted as one job array, 1 already queued" in waited.stderr
+    assert f"requeued SLURM job {job}" in (run / "slurm" / "stderr").read_text()
+    local = smol(*args, "--runs-dir", "local", "--results-dir", "local-results", cwd=tmp_path)
+    assert local.returncode == 0, local.stderr[-2000:]
+    ref = tmp_path / "local" / "one" / "full-s0"
+    assert json.loads((run / "summary.json").read_text())["status"] == "finished"
+    assert (run / "metrics.jsonl").read_text() == (ref / "metrics.jsonl").read_text()
+
+
+def test_bad_launcher_input_is_one_line(tmp_path, slurm):
+    cases = [
+        (["launcher.gpus=1"], slurm, "unknown launcher key(s) gpus; valid: partition"),
+        (["launcher.partition=nosuch"], slurm, "sbatch refused the array: sbatch: error: invalid partition"),
+        ([], {**slurm, "PATH": str(tmp_path)}, "`sbatch` is not on PATH"),
+    ]  # fmt: skip
+    for extra, env, message in cases:
+        proc = smol("run", "ablation", "smoke", *extra, "--launcher", "slurm", "--quiet",
+                    cwd=tmp_path, env=env)  # fmt: skip
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    proc = smol("run", "ablation", "smoke", "--launcher", "pbs", cwd=tmp_path)
+    assert proc.returncode == 2 and "--launcher 'pbs': choose local or slurm" in proc.stderr
