@@ -482,19 +482,35 @@ def sweep_run(
     ] = 1,
     runs_dir: Annotated[str, typer.Option(help="Where trial run directories go")] = "runs",
     results_dir: ResultsDirOpt = "results",
+    launcher: Annotated[
+        str,
+        typer.Option(
+            help="Where the workers run: local (--workers processes here) or slurm (--workers "
+            "array tasks on the study's storage; resources from the file's launcher: section)"
+        ),
+    ] = "local",
+    wait: Annotated[
+        bool, typer.Option("--wait/--no-wait", help="slurm: wait for the workers, then the tables")
+    ] = True,
 ) -> None:
     """Optuna over learning rate, batch size, ...; then the study's tables.
 
     Re-running resumes the study; several workers (or several machines on one --storage database)
-    share it. A worker killed mid-trial leaves a trial that is failed by heartbeat and retried.
+    share it. A worker killed mid-trial leaves a trial that is failed and retried.
     """
     from smollm import sweep as sw
     from smollm.assets import config_file
+    from smollm.launch import LAUNCHERS
     from smollm.results import write_index, write_sweep_results
 
+    if launcher not in LAUNCHERS:
+        raise SmolError(f"--launcher {launcher!r}: choose {' or '.join(LAUNCHERS)}")
     path = str(config_file("sweep", config))
     name = sw.load_sweep(path, overrides or []).name
-    url = sw.run_sweep(path, overrides or [], Path(runs_dir), storage, workers)
+    url = sw.run_sweep(path, overrides or [], Path(runs_dir), storage, workers, launcher, wait)
+    if launcher == "slurm" and not wait:
+        typer.echo(f"submitted; `smol sweep show {name}` writes the tables once they finish")
+        return
     out = write_sweep_results(name, url, Path(results_dir))
     write_index(Path(results_dir))
     typer.echo(f"study {name!r} in {sw.display_url(url)}; tables and plots: {out}/summary.md")

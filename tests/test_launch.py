@@ -205,3 +205,48 @@ def test_bad_launcher_input_is_one_line(tmp_path, slurm):
         assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     proc = smol("run", "ablation", "smoke", "--launcher", "pbs", cwd=tmp_path)
     assert proc.returncode == 2 and "--launcher 'pbs': choose local or slurm" in proc.stderr
+
+
+def test_a_sweep_as_a_two_task_array_survives_a_killed_worker(tmp_path, slurm):
+    """Two workers as one array on the study's storage; one is SIGKILLed mid-trial: its trial is
+    failed and retried (with its params), and no completed trial is lost."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from smollm.sweep import load_study, storage_url
+
+    (tmp_path / "slow").mkdir()
+    (tmp_path / "slow" / "sitecustomize.py").write_text(SLOW_STEPS)
+    env = {
+        **slurm,
+        "PYTHONPATH": os.pathsep.join([str(tmp_path / "slow"), os.environ.get("PYTHONPATH", "")]),
+    }
+    args = ["sweep", "run", "smoke", "train.max_steps=16", "train.eval_every=4", "train.ckpt_every=4",
+            "--workers", "2", "--launcher", "slurm"]  # fmt: skip
+    sent = smol(*args, "--no-wait", cwd=tmp_path, env=env)
+    assert sent.returncode == 0 and "2 sweep workers submitted as one job array" in sent.stderr
+    url = storage_url("smoke", tmp_path / "runs", None)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    deadline, victim = time.time() + 120, None
+    while victim is None and time.time() < deadline:
+        for t in load_study("smoke", url).trials:
+            run = Path(t.user_attrs.get("run_dir", "/nonexistent"))
+            if t.state == TrialState.RUNNING and list(run.glob("checkpoints/*.pt")):
+                victim = t
+                break
+        time.sleep(0.1)
+    assert victim is not None, "no trial reached a checkpoint"
+    done_before = [
+        t.number for t in load_study("smoke", url).trials if t.state == TrialState.COMPLETE
+    ]
+    os.kill(victim.user_attrs["worker_pid"], signal.SIGKILL)
+    waited = smol(*args, cwd=tmp_path, env=env)  # waits for the live worker, then the tables
+    assert waited.returncode == 0, waited.stderr[-3000:]
+    trials = load_study("smoke", url).trials
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    assert trials[victim.number].state == TrialState.FAIL
+    retry = next(t for t in trials if t.system_attrs.get("failed_trial") == victim.number)
+    assert retry.state in (TrialState.COMPLETE, TrialState.PRUNED) and retry.params == victim.params
+    assert all(trials[n].state == TrialState.COMPLETE for n in done_before)
+    assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials) >= 4
+    assert (tmp_path / "results" / "sweeps" / "smoke" / "summary.md").is_file()

@@ -142,12 +142,17 @@ def optimize(sweep: Sweep, url: str, runs_root: Path) -> None:
 
 
 def run_sweep(
-    sweep_path: str, overrides: list[str], runs_root: Path, storage: str | None, workers: int
-) -> str:
-    """Run `workers` worker processes on one storage (worker i on GPU i mod n); returns the URL."""
+    sweep_path: str, overrides: list[str], runs_root: Path, storage: str | None, workers: int,
+    launcher: str = "local", wait: bool = True,
+) -> str:  # fmt: skip
+    """Run `workers` worker processes on one storage (worker i on GPU i mod n), here or as one
+    SLURM job array; returns the URL."""
     sweep = load_sweep(sweep_path, overrides)  # errors before any process starts
     url = storage_url(sweep.name, runs_root, storage)
     open_study(sweep, url)  # create the study once, so workers do not race to create it
+    if launcher == "slurm":
+        _workers_on_slurm(sweep, sweep_path, overrides, runs_root, url, workers, wait)
+        return url
     threads = max(1, (os.cpu_count() or 1) // workers)
     if workers == 1:
         run_worker(sweep_path, overrides, str(runs_root), url, threads)
@@ -165,3 +170,25 @@ def run_sweep(
             f"{len(bad)} of {workers} sweep workers exited with an error (exit codes {bad})"
         )
     return url
+
+
+def _workers_on_slurm(sweep: Sweep, sweep_path: str, overrides: list[str], runs_root: Path,
+                      url: str, workers: int, wait: bool) -> None:  # fmt: skip
+    """`workers` sweep workers as one SLURM job array on the study's storage; a worker whose
+    job is still queued or running is not submitted again."""
+    from functools import partial
+
+    from smollm.launch import Task, queue_states, recorded_job, submit, wait_for
+    from smollm.rundir import RunDir
+
+    home = SweepDir(runs_root, sweep.name)
+    dirs = [RunDir(home.path / "workers" / f"worker-{i}") for i in range(workers)]
+    live = queue_states([j for j in map(recorded_job, dirs) if j])
+    work = partial(run_worker, str(Path(sweep_path).resolve()), list(overrides),
+                   str(Path(runs_root).resolve()), url, sweep.launcher.cpus_per_run)  # fmt: skip
+    tasks = [Task(d.name, d, work) for d in dirs if recorded_job(d) not in live]
+    submitted = submit(tasks, home.path / "slurm", sweep.launcher, sweep.name)
+    print(f"[slurm] {len(submitted)} sweep workers submitted as one job array, "
+          f"{len(live)} already queued", file=sys.stderr, flush=True)  # fmt: skip
+    if wait:
+        wait_for(submitted + list(live), progress=True)

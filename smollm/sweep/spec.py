@@ -15,15 +15,16 @@ Every field is checked when the file is read, before anything runs.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from smollm.config import ConfigError, ExperimentConfig
 from smollm.experiment import experiment_schema, merge, nest, read_mapping, to_experiment
+from smollm.launch import SlurmConfig, slurm_config
 from smollm.rundir import path_segment
 
-SWEEP_KEYS = {"name", "description", "base", "space", "objective", "sampler", "pruner", "n_trials", "timeout", "heartbeat_interval", "grace_period", "max_retry", "enqueue", "seeds"}  # fmt: skip
+SWEEP_KEYS = {"name", "description", "base", "space", "objective", "sampler", "pruner", "n_trials", "timeout", "heartbeat_interval", "grace_period", "max_retry", "enqueue", "seeds", "launcher"}  # fmt: skip
 OBJECTIVES = ("val_loss", "val_bpb")
 
 
@@ -54,6 +55,7 @@ class Sweep:
     description: str = ""
     # each trial trains every seed, its objective their mean; () = the base's seed only
     seeds: tuple[int, ...] = ()
+    launcher: SlurmConfig = SlurmConfig()  # `launcher:`: each worker's resources on SLURM
 
     def experiment(
         self, params: dict[str, Any], number: int, seed: int | None = None
@@ -146,8 +148,12 @@ def _numbers(path: str | Path, raw: dict[str, Any]) -> dict[str, Any]:
 def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
     """Read and validate a sweep file; dotlist overrides apply to the base experiment."""
     raw = read_mapping(path, "sweep", SWEEP_KEYS)
-    base = merge(experiment_schema(), [raw.get("base") or {}, list(overrides or [])])
-    return sweep_from_mapping(raw, str(raw.get("name") or Path(path).stem), base, str(path))
+    overrides = list(overrides or [])
+    launching = [o for o in overrides if o.startswith("launcher.")]
+    experiment = [o for o in overrides if o not in launching]
+    base = merge(experiment_schema(), [raw.get("base") or {}, experiment])
+    sweep = sweep_from_mapping(raw, str(raw.get("name") or Path(path).stem), base, str(path))
+    return replace(sweep, launcher=slurm_config(raw.get("launcher"), launching, str(path)))
 
 
 def sweep_from_mapping(raw: dict[str, Any], name: str, base: Any, where: str) -> Sweep:
