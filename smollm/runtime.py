@@ -7,6 +7,7 @@ import os
 import platform
 import resource
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -46,8 +47,28 @@ class Dist:
         return self.rank == 0
 
 
+def slurm_rendezvous() -> None:
+    """Under `srun -n N` (one process per task, no torchrun): torch's rendezvous variables from
+    SLURM's, so one run spans the step's nodes. RANK = SLURM_PROCID, WORLD_SIZE =
+    SLURM_STEP_NUM_TASKS, LOCAL_RANK = SLURM_LOCALID, MASTER_ADDR = the step's first node,
+    MASTER_PORT = 20000 + job id mod 20000 (two jobs on one node do not collide). Set variables
+    (a torchrun inside srun) win."""
+    tasks = int(os.environ.get("SLURM_STEP_NUM_TASKS", "1"))  # set inside an srun step only
+    if tasks <= 1 or "RANK" in os.environ or "SLURM_PROCID" not in os.environ:
+        return
+    nodes = os.environ.get("SLURM_STEP_NODELIST", "localhost")
+    first = subprocess.run(["scontrol", "show", "hostnames", nodes], capture_output=True,
+                           text=True).stdout.split() or [nodes]  # fmt: skip
+    job = int(os.environ.get("SLURM_JOB_ID", "0"))
+    os.environ.update({"RANK": os.environ["SLURM_PROCID"], "WORLD_SIZE": str(tasks),
+                       "LOCAL_RANK": os.environ.get("SLURM_LOCALID", "0"), "MASTER_ADDR": first[0],
+                       "MASTER_PORT": os.environ.get("MASTER_PORT", str(20000 + job % 20000))})  # fmt: skip
+
+
 def init_distributed(device_type: str) -> Dist:
-    """Join the torchrun process group when there is one (gloo on CPU, nccl on CUDA)."""
+    """Join the torchrun (or `srun -n N`) process group when there is one (gloo on CPU, nccl on
+    CUDA)."""
+    slurm_rendezvous()
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         return Dist()

@@ -250,3 +250,45 @@ def test_a_sweep_as_a_two_task_array_survives_a_killed_worker(tmp_path, slurm):
     assert all(trials[n].state == TrialState.COMPLETE for n in done_before)
     assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials) >= 4
     assert (tmp_path / "results" / "sweeps" / "smoke" / "summary.md").is_file()
+
+
+TINY = [
+    "model.dim=64", "model.n_layers=2", "model.n_heads=4", "model.n_kv_heads=2", "model.intermediate_size=128",
+    "model.max_seq_len=64", "data.seq_len=32", "data.tokenizer=bpe-512", "data.val_fraction=0.1",
+    "train.batch_size=8", "train.micro_batch_size=4", "train.lr=3e-3", "train.warmup_steps=5",
+    "train.max_steps=6", "train.eval_every=100", "train.ckpt_every=100", "train.log_every=1",
+    "train.eval_blocks=8", "train.sample_tokens=8", "tracking.mode=disabled",
+]  # fmt: skip
+
+
+def test_one_run_across_two_srun_tasks_equals_one_process(tmp_path, slurm):
+    """`srun -n2` (as on two nodes: one process per task, gloo): the rendezvous comes from SLURM's
+    variables, and the losses and final weights equal the one-process run's."""
+    import sys
+
+    import torch
+
+    from smollm.checkpoint import load_latest
+    from smollm.rundir import RunDir
+
+    from .conftest import make_docs, write_jsonl
+
+    corpus = write_jsonl(tmp_path / "c.jsonl", make_docs(400))
+    args = [*TINY, f"data.corpus={corpus}"]
+    one = smol("train", *args, "--run-dir", str(tmp_path / "one"), "--quiet", cwd=tmp_path)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run(
+        ["srun", "-n2", "--cpus-per-task=1", sys.executable, "-m", "smollm.cli", "train", *args,
+         "--run-dir", str(tmp_path / "two"), "--quiet"],
+        cwd=tmp_path, env={**slurm, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = (load_latest(RunDir(tmp_path / r))[0]["model"] for r in ("one", "two"))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+
+    def losses(run: str) -> list[float]:
+        rows = (tmp_path / run / "metrics.jsonl").read_text().splitlines()
+        return [json.loads(r)["train/loss"] for r in rows if "train/loss" in r]
+
+    assert losses("one") == pytest.approx(losses("two"), rel=1e-5)
