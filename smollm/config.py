@@ -353,8 +353,11 @@ class TrainConfig:
     peak_flops: float = 0.0  # for MFU where the device is not in the known table
     eval_tasks: tuple[str, ...] = ()  # downstream tasks scored at each evaluation (smollm.evals)
     eval_limit: int = 0  # items per task (the first N of each split); 0 = all
+    parallel: str = "ddp"  # ddp | fsdp (FSDP2, under torchrun or srun -n N): how ranks share
 
     def __post_init__(self) -> None:
+        if self.parallel not in ("ddp", "fsdp"):
+            raise ConfigError(f"train.parallel={self.parallel!r}: choose ddp or fsdp")
         if self.schedule not in ("wsd", "cosine"):
             raise ConfigError(f"train.schedule={self.schedule!r}: choose wsd or cosine")
         if self.dtype not in ("auto", "fp32", "bf16"):
@@ -432,6 +435,9 @@ def identity_view(experiment: dict[str, Any]) -> dict[str, Any]:
             if f.default is not dataclasses.MISSING
         }
         view[section] = {**defaults, **experiment[section]}
+    # how the ranks share the work is where a run executes, not what it computes (as the world
+    # size is): an FSDP run resumes with DDP at world size 1
+    view["train"].pop("parallel", None)
     return json.loads(json.dumps(view, default=list))
 
 

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from torch.distributed.tensor import DTensor
 from tqdm.auto import tqdm
 
 from smollm.checkpoint import (
@@ -50,6 +51,16 @@ from smollm.data import BlockLoader, evaluate, make_loader, prepare
 from smollm.evals import Downstream, metric_row
 from smollm.generation import generate
 from smollm.model import SmolLM
+from smollm.parallel import (
+    check_parallel,
+    full_state,
+    gather_into,
+    gradient_sync,
+    is_sharded,
+    load_full_state,
+    shard,
+    whole_copy,
+)
 from smollm.rundir import RunDir, RunDirError
 from smollm.runtime import (
     Dist,
@@ -159,8 +170,7 @@ def restore(run: RunDir, exp: ExperimentConfig, model, optimizer, loader) -> tup
     if diff:  # a directory whose config.yaml is gone: the checkpoint still knows
         raise SmolError(f"{path} belongs to a different experiment ({'; '.join(diff[:4])}); "
                         "use another run directory, or re-run with --replace")  # fmt: skip
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
+    load_full_state(model, optimizer, state["model"], state["optimizer"])
     loader.load_state_dict(state["loader"])
     set_rng_state(state["rng"])
     return state["step"], state["tokens"]
@@ -193,6 +203,7 @@ class StepPlan:
     world_size: int
     grad_clip: float
     params: list[torch.nn.Parameter]  # clipped together, in the model's order
+    sharded: torch.nn.Module | None = None  # the FSDP model (its gradient sync is switched)
 
 
 class DivergenceWatch:
@@ -242,14 +253,18 @@ def train_step(net, optimizer, loader, plan: StepPlan, watch: DivergenceWatch, s
     loss_sum = torch.zeros((), device=plan.device)
     for i in range(plan.accum):
         x, y = (to_device(t, plan.device) for t in loader.next(plan.micro))
-        # DDP all-reduces gradients on the last micro-batch only
+        # DDP all-reduces (FSDP reduce-scatters) gradients on the last micro-batch only
         last = i == plan.accum - 1 or plan.world_size == 1
-        with contextlib.nullcontext() if last else net.no_sync():
+        if plan.sharded is not None:
+            gradient_sync(plan.sharded, last)
+        with contextlib.nullcontext() if last or plan.sharded is not None else net.no_sync():
             with torch.autocast(plan.device.type, dtype=plan.amp, enabled=plan.amp is not None):
                 loss = net(x, y) / plan.accum
             loss.backward()  # outside autocast, as PyTorch recommends; inside no_sync
         loss_sum += loss.detach()
     grad_norm = torch.nn.utils.clip_grad_norm_(plan.params, plan.grad_clip)
+    if isinstance(grad_norm, DTensor):  # FSDP: the norm over every shard
+        grad_norm = grad_norm.full_tensor()
     if plan.world_size > 1:
         dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
     watch.guard(optimizer, step + 1, loss_sum, grad_norm)
@@ -261,8 +276,8 @@ def train_step(net, optimizer, loader, plan: StepPlan, watch: DivergenceWatch, s
 def score(s: Session, cache, exp: ExperimentConfig):
     """(validation loss/ppl/bpb on the fixed split, the downstream tasks' scores on their items)."""
     tc = exp.train
-    val = evaluate(s.model, cache, exp.data.seq_len, tc.eval_batch_size, tc.eval_blocks, s.plan.amp)
-    return val, (s.downstream.scores(s.model, s.plan.amp) if s.downstream else {})
+    val = evaluate(s.view, cache, exp.data.seq_len, tc.eval_batch_size, tc.eval_blocks, s.plan.amp)
+    return val, (s.downstream.scores(s.view, s.plan.amp) if s.downstream else {})
 
 
 def evaluate_and_sample(s: Session, cache, tok, exp: ExperimentConfig, tracker: Tracker):
@@ -279,7 +294,7 @@ def evaluate_and_sample(s: Session, cache, tok, exp: ExperimentConfig, tracker: 
         **metric_row(scores),
     }
     tracker.log("metrics", row)
-    tracker.log_samples(s.step, s.tokens, sample(s.model, tok, tc.sample_tokens, tc.seed))
+    tracker.log_samples(s.step, s.tokens, sample(s.view, tok, tc.sample_tokens, tc.seed))
     return val, scores
 
 
@@ -295,9 +310,10 @@ def _data(data: DataConfig, ddp: Dist, progress: bool):
 
 
 def _wrap(raw_model: SmolLM, tc: TrainConfig, ddp: Dist, device: torch.device) -> torch.nn.Module:
-    """Model + loss, under DDP when there are several ranks, compiled when asked (one graph)."""
+    """Model + loss, under DDP when there are several ranks (unless sharded already), compiled
+    when asked (one graph)."""
     net: torch.nn.Module = LMLoss(raw_model)
-    if ddp.world_size > 1:
+    if ddp.world_size > 1 and not is_sharded(raw_model):
         ids = [device.index] if device.type == "cuda" else None
         net = torch.nn.parallel.DistributedDataParallel(net, device_ids=ids)
     return torch.compile(net, dynamic=False) if tc.compile else net
@@ -325,6 +341,7 @@ def train(
         exp.train.device == "auto" and torch.cuda.is_available()
     )
     ddp = init_distributed("cuda" if wants_cuda else "cpu")
+    check_parallel(exp.train.parallel, ddp.world_size)
     device = resolve_device(exp.train.device, ddp.local_rank)
     with run.lock() if ddp.main else contextlib.nullcontext():
         if ddp.main:
@@ -363,7 +380,7 @@ def train(
 class Session:
     """Everything one run trains with, built (or restored) before the loop starts."""
 
-    model: SmolLM  # the raw model: what is evaluated, sampled and saved
+    model: SmolLM  # the raw model (maybe sharded): what is saved
     net: torch.nn.Module  # model + loss, maybe under DDP, maybe compiled: what the step runs
     optimizer: torch.optim.Optimizer
     loader: Any
@@ -373,12 +390,22 @@ class Session:
     tokens: int
     max_steps: int
     downstream: Downstream | None  # the tasks scored at each evaluation, if any
+    # what is evaluated, sampled and summarised: the model, or under FSDP a whole copy on the
+    # main rank (None elsewhere), refreshed by `sync_view`
+    view: SmolLM | None = None
 
     def state(self, exp: ExperimentConfig) -> dict[str, Any]:
-        """The checkpoint of this moment: enough to continue bit for bit."""
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+        """The checkpoint of this moment: enough to continue bit for bit (under FSDP a
+        collective: every rank calls it)."""
+        weights, optim = full_state(self.model, self.optimizer)
+        return {"model": weights, "optimizer": optim,
                 "step": self.step, "tokens": self.tokens, "loader": self.loader.state_dict(),
                 "rng": rng_state(), "config": exp.to_dict()}  # fmt: skip
+
+    def sync_view(self) -> None:
+        """Under FSDP, the current weights into the main rank's whole copy (every rank calls)."""
+        if is_sharded(self.model):
+            gather_into(self.model, self.view)
 
 
 def _build(
@@ -391,19 +418,26 @@ def _build(
     torch.manual_seed(tc.seed)
     random.seed(tc.seed)
     model = SmolLM(exp.model).to(device)
+    amp = autocast_dtype(tc, device)
+    view = model if ddp.main else None
+    if tc.parallel == "fsdp":  # before the optimizer, which must see the shards
+        view = whole_copy(model, device) if ddp.main else None
+        shard(model, device, amp)
+        amp = None  # the shards compute in bf16 themselves (MixedPrecisionPolicy)
     optimizer = make_optimizer(model, tc, device)
     loader = make_loader(exp.data, cache, tok, tc.seed, ddp.rank, ddp.world_size)
     step, tokens = restore(run, exp, model, optimizer, loader)
     if step == 0:
         torch.manual_seed(tc.seed + ddp.rank)  # per-rank dropout masks; weights already identical
-    plan = StepPlan(device, autocast_dtype(tc, device), micro, accum, ddp.world_size, tc.grad_clip,
-                    list(model.parameters()))  # fmt: skip
+    plan = StepPlan(device, amp, micro, accum, ddp.world_size, tc.grad_clip, list(model.parameters()),
+                    model if is_sharded(model) else None)  # fmt: skip
     watch = DivergenceWatch(optimizer, device, run.path)
     net = _wrap(model, tc, ddp, device)
     downstream = (
         Downstream(tc.eval_tasks, tc.eval_limit, tok) if tc.eval_tasks and ddp.main else None
     )
-    return Session(model, net, optimizer, loader, plan, watch, step, tokens, max_steps, downstream)
+    return Session(model, net, optimizer, loader, plan, watch, step, tokens, max_steps, downstream,
+                   view)  # fmt: skip
 
 
 def _train(exp, run: RunDir, cache, tok, ddp: Dist, device, progress, on_eval) -> dict[str, Any]:
@@ -415,7 +449,7 @@ def _train(exp, run: RunDir, cache, tok, ddp: Dist, device, progress, on_eval) -
     meter = Throughput(s.tokens, flops_per_token(exp.model, exp.data.seq_len), peak, device)
     bar = tqdm(total=s.max_steps, initial=s.step, desc=run.name, unit="step",
                disable=not (progress and ddp.main))  # fmt: skip
-    val, scores = None, {}
+    val, scores, evaluated = None, {}, False
     with PreemptionFlag() as preempt, _recorded(run, tracker, exp, s), contextlib.closing(bar):
         while s.step < s.max_steps:
             lr = lr_at(s.step, tc, s.max_steps)
@@ -432,22 +466,28 @@ def _train(exp, run: RunDir, cache, tok, ddp: Dist, device, progress, on_eval) -
                 s.watch.check()  # every rank, at the same steps: no record is written after a bad step
             if tracker and log:
                 _log(tracker, meter, bar, s, loss.item(), norm.item(), lr)  # the only host syncs
+            if ev:
+                s.sync_view()  # FSDP: every rank gathers into the main rank's copy
+                evaluated = True
             if tracker and ev:
                 val, scores = evaluate_and_sample(s, cache, tok, exp, tracker)
                 meter.restart()
                 if on_eval is not None:
                     on_eval(s.step, val.loss)
-            if tracker and ckpt:
-                save_checkpoint(run, s.state(exp), tc.keep_checkpoints)
-            if preempt.due(log or ev or ckpt, ddp.world_size, device):  # SIGTERM / SIGUSR2
-                if tracker and not ckpt:
-                    save_checkpoint(run, s.state(exp), tc.keep_checkpoints)
+            stop = preempt.due(log or ev or ckpt, ddp.world_size, device)  # SIGTERM / SIGUSR2
+            if ckpt or stop:
+                state = s.state(exp)  # every rank: FSDP gathers it
+                if tracker:
+                    save_checkpoint(run, state, tc.keep_checkpoints)
+            if stop:
                 raise Preempted(preempt.signum, s.step, str(run.path))
+    if not evaluated:  # resumed from the final checkpoint: its evaluation is due
+        s.sync_view()
     if tracker is None:
         return {"status": "finished", "step": s.step, "tokens": s.tokens}
-    if val is None:  # resumed from the final checkpoint: its evaluation is due (not logged again)
+    if val is None:  # resumed from the final checkpoint: its evaluation (not logged again)
         val, scores = score(s, cache, exp)
-    summary = _summary(run, exp, s.model, s.step, s.tokens, val)
+    summary = _summary(run, exp, s.view, s.step, s.tokens, val)
     return tracker.finish("finished", **summary, **({"eval": scores} if scores else {}))
 
 

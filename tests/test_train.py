@@ -369,3 +369,57 @@ def test_every_numeric_config_field_has_a_range():
         with pytest.raises(ConfigError, match="must be in"):
             cls(**bad)
     assert TrainConfig(max_steps=5, grad_clip=float("inf")).grad_clip == float("inf")
+
+
+def _torchrun(args: list[str], run_dir: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "smollm.cli", "train", *args, "--run-dir", str(run_dir), "--quiet"],
+        capture_output=True, text=True, timeout=600, env=env,
+    )  # fmt: skip
+
+
+@pytest.mark.slow
+def test_fsdp_equals_ddp_and_its_checkpoint_resumes_at_another_world_size(tmp_path, corpus):
+    """FSDP2 over 2 gloo ranks equals DDP over 2 (losses, final weights); its checkpoint, saved by
+    2 ranks, resumes with 1 process (ddp) and with 2 (fsdp) to the same weights."""
+    import shutil
+
+    args = tiny_args(corpus, "train.max_steps=6", "train.micro_batch_size=2", "train.eval_every=3",
+                     "train.ckpt_every=3")  # fmt: skip
+    ddp, fsdp = (
+        _torchrun(args, tmp_path / "ddp"),
+        _torchrun([*args, "train.parallel=fsdp"], tmp_path / "fsdp"),
+    )
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    assert fsdp.returncode == 0, fsdp.stderr[-3000:]
+    a, b = final_weights(tmp_path / "ddp"), final_weights(tmp_path / "fsdp")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+
+    def rows(run: Path, key: str) -> list[float]:
+        return [
+            json.loads(x)[key] for x in (run / "metrics.jsonl").read_text().splitlines() if key in x
+        ]
+
+    for key in ("train/loss", "val/loss"):
+        assert rows(tmp_path / "fsdp", key) == pytest.approx(rows(tmp_path / "ddp", key), rel=1e-5)
+    for world in (1, 2):  # from the step-3 checkpoint the 2 FSDP ranks wrote
+        run = tmp_path / f"resumed-{world}"
+        shutil.copytree(tmp_path / "fsdp", run)
+        (run / "checkpoints" / "step-00000006.pt").unlink()
+        (run / "summary.json").unlink()
+        if world == 1:
+            proc = smol("train", *args, "--run-dir", str(run), "--quiet")
+        else:
+            proc = _torchrun([*args, "train.parallel=fsdp"], run)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        resumed = final_weights(run)
+        for k in a:
+            torch.testing.assert_close(resumed[k], a[k], rtol=1e-4, atol=1e-5)
+    alone = smol("train", *args, "train.parallel=fsdp", "--run-dir", str(tmp_path / "alone"))
+    assert (
+        alone.returncode == 2 and "train.parallel=fsdp needs a distributed launch" in alone.stderr
+    )
+    assert len(alone.stderr.strip().splitlines()) == 1
