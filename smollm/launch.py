@@ -8,8 +8,10 @@ the resources of the file's `launcher:` section (overridable with `launcher.KEY=
     launcher:
       partition: gpu          # sbatch --partition (default: the cluster's default)
       account: ""             # sbatch --account
-      gpus_per_run: 1         # GPUs of each run's node
-      cpus_per_run: 8         # CPUs of each run
+      gpus_per_run: 1         # GPUs of each of a run's nodes
+      cpus_per_run: 8         # CPUs of each of a run's processes
+      nodes: 1                # nodes of one run
+      tasks_per_node: 0       # processes of one run per node (0: one per GPU, at least one)
       mem_gb: 0               # memory of each run (0: the partition's default)
       time_min: 120           # time limit of each run
       max_parallel: 0         # runs at once (the array's %N; 0: no cap)
@@ -49,8 +51,10 @@ class SlurmConfig:
 
     partition: str = ""
     account: str = ""
-    gpus_per_run: int = 0
-    cpus_per_run: int = 1
+    gpus_per_run: int = 0  # per node
+    cpus_per_run: int = 1  # per task
+    nodes: int = 1
+    tasks_per_node: int = 0  # processes of one run on each node; 0: one per GPU (at least one)
     mem_gb: float = 0.0
     time_min: int = 60
     max_parallel: int = 0
@@ -58,6 +62,7 @@ class SlurmConfig:
 
     def __post_init__(self) -> None:
         check_ranges("launcher", self, {"gpus_per_run": "[0, 64]", "cpus_per_run": "[1, 4096]",
+                                        "nodes": "[1, 100000]", "tasks_per_node": "[0, 1024]",
                                         "mem_gb": "[0, inf)", "time_min": "[1, inf)",
                                         "max_parallel": "[0, inf)"})  # fmt: skip
 
@@ -105,11 +110,12 @@ class Requeueing:
     def __call__(self) -> Any:
         try:
             return self.fn()
-        except Preempted as e:
+        except Preempted as e:  # every rank saved together; the first asks for the requeue
             print(str(e), file=sys.stderr, flush=True)
-            job = _this_job()
-            subprocess.run(["scontrol", "requeue", job], check=True)
-            print(f"requeued SLURM job {job}", file=sys.stderr, flush=True)
+            if os.environ.get("SLURM_PROCID", "0") == "0":
+                job = _this_job()
+                subprocess.run(["scontrol", "requeue", job], check=True)
+                print(f"requeued SLURM job {job}", file=sys.stderr, flush=True)
             sys.exit(128 + e.signum)
 
     def checkpoint(self):
@@ -140,6 +146,10 @@ def _executor(folder: Path, cfg: SlurmConfig, name: str):
               "signal_delay_s": 120, "array_parallelism": cfg.max_parallel or 1024,
               "additional_parameters": {"requeue": True, **extra}}  # fmt: skip
     params.update({k: v for k, v in (("partition", cfg.partition), ("account", cfg.account)) if v})
+    # one run = nodes x tasks_per_node processes, one per GPU: each task is a rank, its
+    # rendezvous from SLURM's variables (smollm.runtime.slurm_rendezvous); DDP or FSDP by the file
+    params["nodes"] = cfg.nodes
+    params["ntasks_per_node"] = cfg.tasks_per_node or max(1, cfg.gpus_per_run)
     if cfg.gpus_per_run:
         params["gpus_per_node"] = cfg.gpus_per_run
     if cfg.mem_gb:

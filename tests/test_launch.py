@@ -292,3 +292,27 @@ def test_one_run_across_two_srun_tasks_equals_one_process(tmp_path, slurm):
         return [json.loads(r)["train/loss"] for r in rows if "train/loss" in r]
 
     assert losses("one") == pytest.approx(losses("two"), rel=1e-5)
+
+
+def test_a_run_of_two_tasks_per_node_trains_as_one_ddp_run(tmp_path, slurm):
+    """launcher.tasks_per_node=2: each array task is a 2-rank run (gloo), equal within fp32
+    tolerance to the one-process run."""
+    one = tmp_path / "one.yaml"
+    one.write_text(SMOKE.read_text().replace("name: smoke", "name: one").replace("  - v1\n", "")
+                   .replace("seeds: [0, 1]", "seeds: [0]"))  # fmt: skip
+    local = smol("run", "ablation", str(one), "--runs-dir", "local", "--results-dir", "lr", "--quiet",
+                 cwd=tmp_path)  # fmt: skip
+    assert local.returncode == 0, local.stderr[-2000:]
+    two = smol("run", "ablation", str(one), "launcher.tasks_per_node=2", "--launcher", "slurm",
+               "--quiet", cwd=tmp_path, env={**slurm, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    assert two.returncode == 0, two.stderr[-3000:]
+
+    def losses(root: str) -> list[float]:
+        rows = (tmp_path / root / "one" / "full-s0" / "metrics.jsonl").read_text().splitlines()
+        return [json.loads(r)["train/loss"] for r in rows if "train/loss" in r]
+
+    assert losses("runs") == pytest.approx(losses("local"), rel=1e-5)
+    logs = tmp_path / "runs" / "one" / "slurm"
+    rank1 = list(logs.glob("*_1_log.err"))  # the second task's own log: it ran, as rank 1
+    assert len(rank1) == 1 and "in use by process" not in rank1[0].read_text()
+    assert "Traceback" not in rank1[0].read_text()
