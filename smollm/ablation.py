@@ -190,20 +190,26 @@ def _tune_spec(spec: Any, path: str | Path) -> dict[str, Any] | None:
     return spec
 
 
-def tune(ablation: Ablation, root: AblationDir, progress: bool = True) -> dict[str, dict[str, Any]]:
-    """Each variant's own search (resumable: the studies live in runs/<ablation>/tune/study.db);
+def tune(
+    ablation: Ablation, root: AblationDir, progress: bool = True, launcher: str = "local"
+) -> dict[str, dict[str, Any]]:
+    """Each variant's own search (resumable: the studies live in runs/<ablation>/tune/study.db),
+    here one after another or on SLURM as one array of a task per variant (waited for);
     variant -> {params, value, trials, study}, also written to runs/<ablation>/tuned.json."""
     from optuna.trial import TrialState
 
     from smollm.sweep import load_study, optimize
 
-    url = f"sqlite:///{(root.tune / 'study.db').resolve()}"
+    url = _tune_url(root)
     root.tune.mkdir(parents=True, exist_ok=True)
+    if launcher == "slurm":
+        _tune_on_slurm(ablation, root, progress)
     out = {}
     for variant in ablation.variants:
         sweep = ablation.tune_sweep(variant)
-        print(f"[tune {variant.name}] {sweep.n_trials} trials", file=sys.stderr, flush=True)
-        optimize(sweep, url, root.tune)
+        if launcher == "local":
+            print(f"[tune {variant.name}] {sweep.n_trials} trials", file=sys.stderr, flush=True)
+            optimize(sweep, url, root.tune)
         study = load_study(sweep.name, url)
         done = [t for t in study.trials if t.state == TrialState.COMPLETE]
         if not done:
@@ -212,6 +218,63 @@ def tune(ablation: Ablation, root: AblationDir, progress: bool = True) -> dict[s
                              "trials": len(done), "study": sweep.name}  # fmt: skip
     write_json(root.tuned, out)
     return out
+
+
+def _tune_url(root: AblationDir) -> str:
+    return f"sqlite:///{(root.tune / 'study.db').resolve()}"
+
+
+def _searched(ablation: Ablation, variant: Variant, root: AblationDir) -> bool:
+    """Whether the variant's search has its n_trials finished and nothing left to run."""
+    from optuna.trial import TrialState
+
+    from smollm.sweep import load_study
+
+    sweep = ablation.tune_sweep(variant)
+    try:
+        states = [
+            t.state for t in load_study(sweep.name, _tune_url(root)).get_trials(deepcopy=False)
+        ]
+    except SmolError:  # no study yet
+        return False
+    finished = sum(s in (TrialState.COMPLETE, TrialState.PRUNED) for s in states)
+    pending = any(s in (TrialState.RUNNING, TrialState.WAITING) for s in states)
+    return finished >= sweep.n_trials and not pending
+
+
+@dataclass(frozen=True)
+class TuneSearch:
+    """One variant's search of an ablation's `tune:` phase as a picklable call (a SLURM task)."""
+
+    source: tuple[str, tuple[str, ...]]
+    runs_root: str
+    variant: str
+
+    def __call__(self) -> None:
+        from smollm.sweep import optimize
+
+        ablation = load_ablation(self.source[0], list(self.source[1]))
+        root = AblationDir(Path(self.runs_root), ablation.name)
+        variant = next(v for v in ablation.variants if v.name == self.variant)
+        optimize(ablation.tune_sweep(variant), _tune_url(root), root.tune)
+
+
+def _tune_on_slurm(ablation: Ablation, root: AblationDir, progress: bool) -> None:
+    """Every variant's search as one SLURM array (a search still queued is not sent again);
+    waited for, since the runs read its results when they start."""
+    from smollm.launch import Task, queue_states, recorded_job, submit, wait_for
+
+    dirs = {v.name: RunDir(root.tune / "workers" / v.name) for v in ablation.variants}
+    live = queue_states([j for j in map(recorded_job, dirs.values()) if j])
+    source = (str(Path(ablation.source[0]).resolve()), ablation.source[1])
+    runs_root = str(root.path.parent.resolve())
+    tasks = [Task(v.name, dirs[v.name], TuneSearch(source, runs_root, v.name))
+             for v in ablation.variants
+             if recorded_job(dirs[v.name]) not in live and not _searched(ablation, v, root)]  # fmt: skip
+    submitted = submit(tasks, root.tune / "slurm", ablation.launcher, f"{ablation.name}-tune")
+    print(f"[slurm] {len(submitted)} variant searches submitted as one job array, "
+          f"{len(live)} already queued; waiting for them", file=sys.stderr, flush=True)  # fmt: skip
+    wait_for(submitted + list(live), progress)
 
 
 def run_ablation(
@@ -237,11 +300,8 @@ def run_ablation(
     outcomes: list[dict[str, Any]] = []
     finished = False
     try:
-        if ablation.tune and launcher == "slurm" and not root.tuned.is_file():
-            raise SmolError(f"{ablation.name}: its tune: phase does not run on SLURM yet; run it "
-                            "once with --launcher local, then the runs with --launcher slurm")  # fmt: skip
-        if ablation.tune and launcher == "local":
-            tune(ablation, root, progress)
+        if ablation.tune:
+            tune(ablation, root, progress, launcher)
         if launcher == "slurm":
             outcomes = _run_slurm(ablation, root, progress, wait)
             if not wait:
@@ -283,14 +343,13 @@ def _run_one(ablation: Ablation, root: AblationDir, index: int, progress: bool) 
     variant, seed = jobs[index]
     run = root.run(variant.name, seed)
     print(f"[{index + 1}/{len(jobs)}] {run.name}", file=sys.stderr, flush=True)
-    tuned = (read_json(root.tuned) if root.tuned.is_file() else {}).get(variant.name, {})
     try:
         before = run.read_summary()
     except RunDirError:
         before = None
     try:
-        exp = ablation.experiment(variant, seed, tuned.get("params"))
-        summary = train(exp, run.path, progress, replace="if-changed")
+        summary = train(_experiment(ablation, root, variant, seed), run.path, progress,
+                        replace="if-changed")  # fmt: skip
     except RunDirBusy as e:  # another process owns this run: its records are not ours to write
         summary = {"status": "busy", "error": str(e)}
     except (SmolError, RuntimeError, ValueError, OSError) as e:  # recorded, the ladder goes on
@@ -323,6 +382,12 @@ class AblationRun:
         return _run_one(ablation, root, self.index, progress=False)
 
 
+def _experiment(ablation: Ablation, root: AblationDir, variant: Variant, seed: int):
+    """A run's experiment as it trains: with its variant's tuned values, once tuning is done."""
+    tuned = (read_json(root.tuned) if root.tuned.is_file() else {}).get(variant.name, {})
+    return ablation.experiment(variant, seed, tuned.get("params"))
+
+
 def _done(ablation: Ablation, root: AblationDir, index: int) -> bool:
     """Whether the index-th run is finished as the file now says (its vocabulary size, resolved
     when it starts, aside)."""
@@ -330,7 +395,7 @@ def _done(ablation: Ablation, root: AblationDir, index: int) -> bool:
     run = root.run(variant.name, seed)
     try:
         summary = run.read_summary()
-        changes = run.experiment_changes(ablation.experiment(variant, seed).to_dict())
+        changes = run.experiment_changes(_experiment(ablation, root, variant, seed).to_dict())
     except RunDirError:
         return False
     changes = [c for c in changes if not c.startswith("model.vocab_size:")]

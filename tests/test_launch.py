@@ -316,3 +316,27 @@ def test_a_run_of_two_tasks_per_node_trains_as_one_ddp_run(tmp_path, slurm):
     rank1 = list(logs.glob("*_1_log.err"))  # the second task's own log: it ran, as rank 1
     assert len(rank1) == 1 and "in use by process" not in rank1[0].read_text()
     assert "Traceback" not in rank1[0].read_text()
+
+
+def test_a_tuned_ablation_searches_and_trains_on_slurm_as_it_does_here(tmp_path, slurm):
+    """The tune: phase goes through the launcher too (an array of one search per variant), then
+    the runs: the same learning rates and tables as --launcher local; a rerun submits nothing."""
+    from .test_ablation import tuned_smoke
+
+    path = tuned_smoke(tmp_path)
+    local = smol("run", "ablation", str(path), "--runs-dir", "local", "--results-dir", "lr",
+                 "--quiet", cwd=tmp_path)  # fmt: skip
+    assert local.returncode == 0, local.stderr[-2000:]
+    cmd = ["run", "ablation", str(path), "--launcher", "slurm", "--quiet"]
+    first = smol(*cmd, cwd=tmp_path, env=slurm)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "[slurm] 2 variant searches submitted as one job array" in first.stderr
+    tuned = json.loads((tmp_path / "runs" / "tuned-smoke" / "tuned.json").read_text())
+    assert tuned == json.loads((tmp_path / "local" / "tuned-smoke" / "tuned.json").read_text())
+    assert deterministic(tmp_path / "results" / "tuned-smoke" / "summary.csv") == deterministic(
+        tmp_path / "lr" / "tuned-smoke" / "summary.csv"
+    )
+    again = smol(*cmd, cwd=tmp_path, env=slurm)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "[slurm] 0 variant searches submitted" in again.stderr
+    assert "[slurm] 0 runs submitted" in again.stderr
