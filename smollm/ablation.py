@@ -298,7 +298,7 @@ def run_ablation(
         })  # fmt: skip
     t0, n = time.monotonic(), len(ablation.jobs())
     outcomes: list[dict[str, Any]] = []
-    finished = False
+    finished, before = False, _summaries(ablation, root)
     try:
         if ablation.tune:
             tune(ablation, root, progress, launcher)
@@ -315,16 +315,27 @@ def run_ablation(
             evaluate_reference(ablation, root, progress)
         finished = True
     finally:  # an interrupted session (Ctrl-C) counts too: its time and the runs it finished
-        _record_session(root, outcomes, time.monotonic() - t0, interrupted=not finished)
+        after = _summaries(ablation, root)
+        trained = sum(a is not None and a["status"] == "finished" and a != b
+                      for a, b in zip(after, before, strict=True))  # fmt: skip
+        _record_session(root, trained, time.monotonic() - t0, interrupted=not finished)
     return outcomes
 
 
-def _record_session(
-    root: AblationDir, outcomes: list[dict[str, Any]], seconds: float, interrupted: bool = False
-) -> None:
-    """Add this invocation's wall time to the provenance, when it trained anything (an
-    interrupted one always: it was training when it stopped)."""
-    trained = sum(o.get("trained", False) for o in outcomes)
+def _summaries(ablation: Ablation, root: AblationDir) -> list[dict[str, Any] | None]:
+    """Every run's summary (None: none, or unreadable), in job order."""
+    out = []
+    for variant, seed in ablation.jobs():
+        try:
+            out.append(root.run(variant.name, seed).read_summary())
+        except RunDirError:
+            out.append(None)
+    return out
+
+
+def _record_session(root: AblationDir, trained: int, seconds: float, interrupted: bool) -> None:
+    """Add this invocation's wall time and the runs it finished (their summaries new) to the
+    provenance, when it trained anything (an interrupted one always: it was training)."""
     if not trained and not interrupted:
         return  # a re-run that found everything finished: the record stays as it was
     prov = read_json(root.provenance)

@@ -106,6 +106,14 @@ def slurm():
         shutil.rmtree(root, ignore_errors=True)
 
 
+def one_run(tmp_path: Path) -> Path:
+    """The smoke ablation cut to one run (full, seed 0), named `one`."""
+    one = tmp_path / "one.yaml"
+    one.write_text(SMOKE.read_text().replace("name: smoke", "name: one").replace("  - v1\n", "")
+                   .replace("seeds: [0, 1]", "seeds: [0]"))  # fmt: skip
+    return one
+
+
 def deterministic(path: Path) -> str:
     """summary.csv without the timing column (tokens/s differs between any two runs)."""
     rows = path.read_text().splitlines()
@@ -160,9 +168,7 @@ def test_a_preempted_array_task_is_requeued_and_resumes_exactly(tmp_path, slurm,
     saves at a step boundary, requeues itself, resumes, and ends as an uninterrupted run."""
     (tmp_path / "slow").mkdir()
     (tmp_path / "slow" / "sitecustomize.py").write_text(SLOW_STEPS)
-    one = tmp_path / "one.yaml"
-    one.write_text(SMOKE.read_text().replace("name: smoke", "name: one").replace("  - v1\n", "")
-                   .replace("seeds: [0, 1]", "seeds: [0]"))  # fmt: skip
+    one = one_run(tmp_path)
     args = ["run", "ablation", str(one), "train.max_steps=30", "--quiet"]
     env = {
         **slurm,
@@ -297,9 +303,7 @@ def test_one_run_across_two_srun_tasks_equals_one_process(tmp_path, slurm):
 def test_a_run_of_two_tasks_per_node_trains_as_one_ddp_run(tmp_path, slurm):
     """launcher.tasks_per_node=2: each array task is a 2-rank run (gloo), equal within fp32
     tolerance to the one-process run."""
-    one = tmp_path / "one.yaml"
-    one.write_text(SMOKE.read_text().replace("name: smoke", "name: one").replace("  - v1\n", "")
-                   .replace("seeds: [0, 1]", "seeds: [0]"))  # fmt: skip
+    one = one_run(tmp_path)
     local = smol("run", "ablation", str(one), "--runs-dir", "local", "--results-dir", "lr", "--quiet",
                  cwd=tmp_path)  # fmt: skip
     assert local.returncode == 0, local.stderr[-2000:]
@@ -340,3 +344,14 @@ def test_a_tuned_ablation_searches_and_trains_on_slurm_as_it_does_here(tmp_path,
     assert again.returncode == 0, again.stderr[-3000:]
     assert "[slurm] 0 variant searches submitted" in again.stderr
     assert "[slurm] 0 runs submitted" in again.stderr
+
+
+def test_a_failed_array_task_is_reported_by_run_name_with_its_log(tmp_path, slurm):
+    one = one_run(tmp_path)
+    proc = smol("run", "ablation", str(one), "train.device=cuda", "--launcher", "slurm", "--quiet",
+                cwd=tmp_path, env=slurm)  # fmt: skip
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    row = next(line for line in proc.stdout.splitlines() if line.startswith("full-s0"))
+    assert "failed" in row and "CUDA is not available" in row
+    assert row.endswith("log: runs/one/full-s0/slurm/stderr")
+    assert (tmp_path / "runs" / "one" / "full-s0" / "slurm" / "stderr").exists()
