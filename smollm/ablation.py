@@ -10,12 +10,15 @@ An ablation file (`experiments/*.yaml`, or any path):
     seeds: [0, 1]
     baseline: full                                                      # differences are taken from it
     reference: true                                                     # also evaluate pretrained SmolLM2
+    match: params                  # or flops: MLP widths set so every variant's size equals the baseline's
+    match_multiple: 8              # widths rounded to a multiple of this
 Runs land in runs/<name>/<variant>-s<seed>/ (`smollm.rundir.AblationDir`); one W&B group per
 ablation. A run whose variant was edited since it ran is started over; the others are kept.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 import traceback
@@ -24,11 +27,13 @@ from pathlib import Path
 from typing import Any
 
 from smollm.config import (
+    MATCHES,
     ConfigError,
     DataConfig,
     ExperimentConfig,
     SmolError,
     experiment_identity,
+    matched,
 )
 from smollm.experiment import (
     check_mapping,
@@ -50,7 +55,7 @@ from smollm.rundir import (
     write_json,
 )
 
-ABLATION_KEYS = {"name", "base", "variants", "seeds", "baseline", "reference", "description", "from_sweep", "tune", "launcher"}  # fmt: skip
+ABLATION_KEYS = {"name", "base", "variants", "seeds", "baseline", "reference", "description", "from_sweep", "tune", "launcher", "match", "match_multiple"}  # fmt: skip
 TUNE_KEYS = {"space", "n_trials", "seeds", "objective", "sampler", "pruner", "overrides", "timeout",
              "heartbeat_interval", "grace_period", "max_retry", "enqueue"}  # fmt: skip
 
@@ -75,16 +80,27 @@ class Ablation:
     source: tuple[str, tuple[str, ...]] = ("", ())  # (file, overrides): how a worker reloads it
     tune: dict | None = None  # `tune:` of the file: a per-variant search (see tune_sweep)
     launcher: SlurmConfig = SlurmConfig()  # `launcher:`: each run's resources on SLURM
+    # `match: params | flops`: each variant's MLP width set so its non-embedding parameters (or
+    # FLOPs per token) equal the baseline's, rounded to a multiple of match_multiple
+    match: str = "none"
+    match_multiple: int = 8
 
     def experiment(
         self, variant: Variant, seed: int, tuned: dict[str, Any] | None = None
     ) -> ExperimentConfig:
-        """The experiment of one run: preset, the base's overrides, the variant's, its tuned values."""
+        """The experiment of one run: preset, the base's overrides, the variant's, its tuned
+        values; with `match`, its MLP width matched to the baseline's size."""
         tracking = {"group": self.name, "name": f"{variant.name}-s{seed}", "job_type": "ablation",
                     "tags": [variant.name], "variant": variant.name}  # fmt: skip
         layers = [{"model": {"preset": variant.preset}, "train": {"seed": seed}},
                   list(variant.overrides), nest(tuned or {}), {"tracking": tracking}]  # fmt: skip
-        return to_experiment(merge(self.base, layers))
+        exp = to_experiment(merge(self.base, layers))
+        if self.match == "none" or variant.name == self.baseline:
+            return exp
+        base = next(v for v in self.variants if v.name == self.baseline)
+        target = self.experiment(base, seed).model
+        model = matched(exp.model, target, exp.data.seq_len, self.match, self.match_multiple)
+        return dataclasses.replace(exp, model=model)
 
     def tune_sweep(self, variant: Variant):
         """The variant's own search (`tune:`): its experiment, the space, tuning's overrides."""
@@ -154,6 +170,11 @@ def load_ablation(path: str | Path, overrides: list[str] | None = None) -> Ablat
     ):
         raise ConfigError(f"{path}: seeds must be a list of distinct integers")  # fmt: skip
     name = path_segment(str(raw.get("name") or Path(path).stem), f"{path}: ablation")
+    match, multiple = raw.get("match", "none"), raw.get("match_multiple", 8)
+    if match not in MATCHES:
+        raise ConfigError(f"{path}: match: {match!r}: choose {', '.join(MATCHES)}")
+    if not isinstance(multiple, int) or isinstance(multiple, bool) or multiple < 1:
+        raise ConfigError(f"{path}: match_multiple={multiple!r}: must be an integer >= 1")
     for v in variants:
         run_name(v.name, 0)  # a variant's name is part of its runs' directory names
     ablation = Ablation(
@@ -161,8 +182,13 @@ def load_ablation(path: str | Path, overrides: list[str] | None = None) -> Ablat
         seeds=tuple(seeds), baseline=str(raw.get("baseline") or names[0]),
         reference=bool(raw.get("reference", True)), description=str(raw.get("description") or ""), raw=raw,
         source=(str(path), tuple(overrides)), tune=_tune_spec(raw.get("tune"), path),
-        launcher=slurm_config(raw.get("launcher"), launching, str(path)),
+        launcher=slurm_config(raw.get("launcher"), launching, str(path)), match=match,
+        match_multiple=multiple,
     )  # fmt: skip
+    if ablation.baseline not in names:
+        raise ConfigError(
+            f"{path}: baseline {ablation.baseline!r} is not a variant ({', '.join(names)})"
+        )
     if ablation.tune:
         for v in variants:  # every variant's search is valid before anything runs
             ablation.tune_sweep(v)
@@ -174,10 +200,6 @@ def load_ablation(path: str | Path, overrides: list[str] | None = None) -> Ablat
                 f"{path}: variants {seen[identity]!r} and {v.name!r} are the same experiment"
             )
         seen[identity] = v.name
-    if ablation.baseline not in names:
-        raise ConfigError(
-            f"{path}: baseline {ablation.baseline!r} is not a variant ({', '.join(names)})"
-        )
     return ablation
 
 

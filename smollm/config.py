@@ -214,6 +214,32 @@ def flops_per_token(cfg: ModelConfig, seq_len: int) -> int:
     return 6 * dense + 12 * cfg.n_layers * cfg.dim * seq_len
 
 
+MATCHES = ("none", "params", "flops")
+
+
+def matched(
+    cfg: ModelConfig, target: ModelConfig, seq_len: int, match: str, multiple: int
+) -> ModelConfig:
+    """`cfg` with the MLP width (intermediate_size, a multiple of `multiple`) that makes its
+    non-embedding parameters (`params`) or training FLOPs per token (`flops`) equal `target`'s,
+    as GLU variants are compared in the literature. Both counts are linear in the width."""
+    if match == "none":
+        return cfg
+
+    def count(c: ModelConfig) -> int:
+        return (
+            param_count(c, non_embedding=True) if match == "params" else flops_per_token(c, seq_len)
+        )
+
+    one, two = (count(dataclasses.replace(cfg, intermediate_size=w * multiple)) for w in (1, 2))
+    zero = 2 * one - two  # the count without an MLP (it is linear in the width)
+    steps = round((count(target) - zero) / (two - one))
+    if steps < 1:
+        raise ConfigError(f"match: {match}: no MLP width of {cfg.dim}-wide {cfg.mlp} layers "
+                          f"matches {count(target):,} (the rest alone is {zero:,})")  # fmt: skip
+    return dataclasses.replace(cfg, intermediate_size=steps * multiple)
+
+
 SMOLLM2_135M = ModelConfig()
 
 # The SmolLM2 family: base shapes (HF configs of HuggingFaceTB/SmolLM2-*).

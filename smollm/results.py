@@ -189,6 +189,16 @@ def write_markdown(
     num = lambda v: f"{v:,.0f}" if isinstance(v, (int, float)) else "—"  # noqa: E731
     lines = [f"# Ablation `{meta['name']}`", "", meta.get("description", "").strip(), "",
              f"**Provenance.** {meta['provenance']}", ""]  # fmt: skip
+    match = meta.get("match", "none")
+    if match != "none":  # the sizes that were matched, shown beside the totals
+        what = {"params": "non-embedding parameters", "flops": "training FLOPs per token"}[match]
+        lines += [f"**Matched on {what}:** each variant's MLP width is set so that its {what} equal "
+                  f"`{meta['baseline']}`'s (within 1%); params are total (non-embedding).", ""]  # fmt: skip
+
+    def params(r: dict[str, Any]) -> str:
+        both = match != "none" and r.get("non_embedding_parameters") is not None
+        return num(r["parameters"]) + (f" ({num(r['non_embedding_parameters'])})" if both else "")
+
     lines += [
         f"Final validation loss and bits per byte: mean over seeds, ± 95% CI (Student t) and the seed-to-seed sd; Δ bpb is the paired difference from `{meta['baseline']}` (same seed, same data order), ± its 95% CI; p is a paired two-sided t test, Holm-adjusted across the {len(rows) - 1} comparisons; ✓ marks Δs resolved at family-wise α = 0.05. Lower is better."
         + (f" Downstream tasks: zero-shot {', '.join(f'{t} {headline(t)}' for t in tasks)} in %, mean ± 95% CI over seeds." if tasks else ""),
@@ -212,7 +222,7 @@ def write_markdown(
             f" {_pct(r.get(f'{t}_{headline(t)}'), r.get(f'{t}_{headline(t)}_ci95'))} |"
             for t in tasks
         )
-        lines.append(f"| {r['variant']}{fail} | {r['seeds']} | {num(r['parameters'])} | {num(r['flops_per_token'])} | {num(r['tokens'])} | "
+        lines.append(f"| {r['variant']}{fail} | {r['seeds']} | {params(r)} | {num(r['flops_per_token'])} | {num(r['tokens'])} | "
                      f"{num(r['tokens_per_s'])} | {lr} | {_fmt(r['val_loss'], r['val_loss_ci95'])} | {_fmt(r['val_bpb'], r['val_bpb_ci95'])}{sd} | "
                      f"{delta} | {'—' if is_base else _p(r['delta_bpb_p_holm'])} | {mark} |{cells}")  # fmt: skip
     if reference:
@@ -406,6 +416,7 @@ def build_results(ablation: str, runs_root: Path, out_root: Path, publish: bool 
         "name": ablation,
         "baseline": baseline,
         "description": spec.get("description", ""),
+        "match": spec.get("match", "none"),
         "provenance": provenance(root),
         "notes": _wandb_note(runs, ablation),
     }

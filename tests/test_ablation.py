@@ -417,3 +417,25 @@ def test_bad_tune_specs_are_rejected_before_anything_runs(tmp_path, tune, match)
     assert (
         proc.returncode == 2 and "Traceback" not in proc.stderr and not (tmp_path / "runs").exists()
     )
+
+
+def test_a_matched_ablation_trains_each_variant_at_the_baselines_size(tmp_path):
+    """`match: params`: v1's MLP width is set so that its non-embedding parameters equal full's
+    within 1%; the table shows both counts."""
+    path = tmp_path / "matched.yaml"
+    path.write_text(SMOKE.read_text().replace("name: smoke", "name: matched") + "match: params\n"
+                    "match_multiple: 4\n")  # fmt: skip
+    proc = smol("run", "ablation", str(path), "--quiet", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    counts = {}
+    for run in ("full-s0", "v1-s0"):
+        summary = json.loads((tmp_path / "runs" / "matched" / run / "summary.json").read_text())
+        counts[run] = summary["non_embedding_parameters"]
+    assert abs(counts["v1-s0"] - counts["full-s0"]) <= 0.01 * counts["full-s0"]
+    md = (tmp_path / "results" / "matched" / "summary.md").read_text()
+    assert "**Matched on non-embedding parameters:**" in md
+    assert f"({counts['v1-s0']:,})" in md and f"({counts['full-s0']:,})" in md
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(SMOKE.read_text() + "match: size\n")
+    with pytest.raises(ConfigError, match="match: 'size': choose none, params, flops"):
+        load_ablation(bad)

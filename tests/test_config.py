@@ -100,3 +100,31 @@ def test_flops_per_token_counts_matmuls():
 def test_dict_round_trip():
     cfg = PRESETS["v1"]
     assert ModelConfig.from_dict(cfg.to_dict()) == cfg
+
+
+@pytest.mark.parametrize("match", ["params", "flops"])
+def test_matching_equalises_sizes_for_every_preset_at_every_shape(match):
+    """`match:` sets each variant's MLP width so that its non-embedding parameters (or FLOPs per
+    token) equal the baseline's within 1%, at small and at the 135M shape."""
+    from smollm.config import matched
+
+    # (shape, rounding multiple): at 64 wide a step of 8 hidden units is 3% of the model
+    shapes = [({"dim": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "intermediate_size": 192}, 1),
+              ({"dim": 128, "n_layers": 4, "n_heads": 4, "n_kv_heads": 2, "intermediate_size": 384}, 8),
+              ({"dim": 256, "n_layers": 6, "n_heads": 8, "n_kv_heads": 4, "intermediate_size": 640}, 8),
+              ({}, 8)]  # fmt: skip
+    for shape, multiple in shapes:
+        base = ModelConfig.from_preset("full", **shape)
+        for preset in PRESETS:
+            if preset.startswith("smollm2-"):  # other bases, not variants of this shape
+                continue
+            cfg = ModelConfig.from_preset(preset, **shape)
+            out = matched(cfg, base, 256, match, multiple)
+            count = (lambda c: param_count(c, non_embedding=True)) if match == "params" else (
+                lambda c: flops_per_token(c, 256))  # fmt: skip
+            assert abs(count(out) - count(base)) <= 0.01 * count(base), (preset, shape)
+            assert out.intermediate_size % multiple == 0
+            assert dataclasses.replace(out, intermediate_size=cfg.intermediate_size) == cfg
+    with pytest.raises(ConfigError, match="no MLP width"):
+        matched(ModelConfig.from_preset("v1", dim=512, n_heads=8, n_kv_heads=8),
+                ModelConfig.from_preset("full", dim=64, n_heads=4, n_kv_heads=2), 256, "params", 8)  # fmt: skip
