@@ -625,8 +625,7 @@ def test_a_bad_experiment_file_is_one_line_for_every_command(tmp_path, kind):
 # ---------------------------------------------------------------------------- Faults II: torn records
 
 
-@pytest.mark.parametrize("tear", ["cut", "empty"])
-def test_a_torn_config_yaml_never_blocks_the_resume(tmp_path, corpus, reference, tear):
+def test_a_torn_config_yaml_never_blocks_the_resume(tmp_path, corpus, reference):
     """Faults II #2: a config.yaml cut short or emptied refused the run though its checkpoints
     carry the config; killed writes of summary.json / metrics.jsonl left temp files for good."""
     run = tmp_path / "R"
@@ -635,7 +634,7 @@ def test_a_torn_config_yaml_never_blocks_the_resume(tmp_path, corpus, reference,
     assert first.returncode == 0, first.stderr[-2000:]
     config = (run / "config.yaml").read_text()
     (run / "checkpoints" / "step-00000008.pt").unlink()  # the run resumes from step 6
-    (run / "config.yaml").write_text(config[: len(config) // 2] if tear == "cut" else "")
+    (run / "config.yaml").write_text(config[: len(config) // 2])  # cut short
     leftovers = [run / ".summary.json.tmp-4242", run / ".metrics.jsonl.tmp-4242",
                  run / ".config.yaml.tmp-4242"]  # fmt: skip
     for path in leftovers:
@@ -654,7 +653,7 @@ def test_a_torn_config_yaml_never_blocks_the_resume(tmp_path, corpus, reference,
 def test_a_torn_config_yaml_without_checkpoints_starts_over(tmp_path, corpus, reference):
     run = tmp_path / "R"
     run.mkdir()
-    (run / "config.yaml").write_text("model: {dim: 3")
+    (run / "config.yaml").write_text("")  # emptied
     proc = smol("train", *args(corpus, "train.max_steps=8"), "--run-dir", "R", "--quiet",
                 cwd=tmp_path)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
