@@ -230,6 +230,9 @@ def queue_states(job_ids: list[str]) -> dict[str, str]:
     left the queue is absent (finished, failed or cancelled: its run directory says which)."""
     if not job_ids:
         return {}
+    if shutil.which("squeue") is None:
+        raise SmolError("runs here were sent to SLURM, but `squeue` is not on PATH; run this "
+                        "command where SLURM is (a login node)")  # fmt: skip
     proc = subprocess.run(["squeue", "-h", "-r", "-o", "%i %T"], capture_output=True, text=True,
                           timeout=60)  # fmt: skip
     if proc.returncode != 0:
