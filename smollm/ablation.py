@@ -281,6 +281,14 @@ class TuneSearch:
         optimize(ablation.tune_sweep(variant), _tune_url(root), root.tune)
 
 
+def _anywhere(ablation: Ablation, root: AblationDir) -> tuple[tuple[str, tuple[str, ...]], str]:
+    """The ablation's file and overrides, and its runs' root, as absolute paths: a SLURM job may
+    start in another directory."""
+    return (str(Path(ablation.source[0]).resolve()), ablation.source[1]), str(
+        root.path.parent.resolve()
+    )
+
+
 def _tune_on_slurm(ablation: Ablation, root: AblationDir, progress: bool) -> None:
     """Every variant's search as one SLURM array (a search still queued is not sent again);
     waited for, since the runs read its results when they start."""
@@ -288,8 +296,7 @@ def _tune_on_slurm(ablation: Ablation, root: AblationDir, progress: bool) -> Non
 
     dirs = {v.name: RunDir(root.tune / "workers" / v.name) for v in ablation.variants}
     live = queue_states([j for j in map(recorded_job, dirs.values()) if j])
-    source = (str(Path(ablation.source[0]).resolve()), ablation.source[1])
-    runs_root = str(root.path.parent.resolve())
+    source, runs_root = _anywhere(ablation, root)
     tasks = [Task(v.name, dirs[v.name], TuneSearch(source, runs_root, v.name))
              for v in ablation.variants
              if recorded_job(dirs[v.name]) not in live and not _searched(ablation, v, root)]  # fmt: skip
@@ -444,11 +451,12 @@ def _run_slurm(ablation: Ablation, root: AblationDir, progress: bool, wait: bool
     recorded = {i: recorded_job(root.run(v.name, s)) for i, (v, s) in enumerate(jobs)}
     live = queue_states([j for j in recorded.values() if j])
     todo = [i for i in range(len(jobs)) if not _done(ablation, root, i) and recorded[i] not in live]
-    # absolute paths: the job may start in another directory
-    source = (str(Path(ablation.source[0]).resolve()), ablation.source[1])
-    runs_root = str(root.path.parent.resolve())
-    tasks = [Task(root.run(jobs[i][0].name, jobs[i][1]).name, root.run(jobs[i][0].name, jobs[i][1]),
-                  AblationRun(source, runs_root, i)) for i in todo]  # fmt: skip
+    source, runs_root = _anywhere(ablation, root)
+    runs = [root.run(jobs[i][0].name, jobs[i][1]) for i in todo]
+    tasks = [
+        Task(run.name, run, AblationRun(source, runs_root, i))
+        for run, i in zip(runs, todo, strict=True)
+    ]
     submitted = submit(tasks, root.slurm, ablation.launcher, ablation.name)
     print(f"[slurm] {len(submitted)} runs submitted as one job array"
           + (f" ({submitted[0].split('_')[0]})" if submitted else "")
