@@ -185,10 +185,11 @@ def load_ablation(path: str | Path, overrides: list[str] | None = None) -> Ablat
         launcher=slurm_config(raw.get("launcher"), launching, str(path)), match=match,
         match_multiple=multiple,
     )  # fmt: skip
-    if ablation.baseline not in names:
-        raise ConfigError(
-            f"{path}: baseline {ablation.baseline!r} is not a variant ({', '.join(names)})"
-        )
+    no_baseline = ablation.baseline not in names and ConfigError(
+        f"{path}: baseline {ablation.baseline!r} is not a variant ({', '.join(names)})"
+    )
+    if no_baseline and ablation.match != "none":  # matching sizes to it: first
+        raise no_baseline
     if ablation.tune:
         for v in variants:  # every variant's search is valid before anything runs
             ablation.tune_sweep(v)
@@ -200,6 +201,8 @@ def load_ablation(path: str | Path, overrides: list[str] | None = None) -> Ablat
                 f"{path}: variants {seen[identity]!r} and {v.name!r} are the same experiment"
             )
         seen[identity] = v.name
+    if no_baseline:
+        raise no_baseline
     return ablation
 
 
