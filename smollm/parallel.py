@@ -55,12 +55,6 @@ def is_sharded(model: torch.nn.Module) -> bool:
     return isinstance(model, FSDPModule)
 
 
-def gradient_sync(model: torch.nn.Module, sync: bool) -> None:
-    """FSDP: reduce-scatter gradients on the last micro-batch only (DDP's no_sync)."""
-    if is_sharded(model):
-        model.set_requires_gradient_sync(sync)
-
-
 def full_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
     """The whole model and optimizer state, as a one-process run holds them (a collective under
     FSDP: every rank calls it; the full tensors land on rank 0's CPU, the others get {})."""

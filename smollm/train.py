@@ -55,7 +55,6 @@ from smollm.parallel import (
     check_parallel,
     full_state,
     gather_into,
-    gradient_sync,
     is_sharded,
     load_full_state,
     shard,
@@ -256,7 +255,7 @@ def train_step(net, optimizer, loader, plan: StepPlan, watch: DivergenceWatch, s
         # DDP all-reduces (FSDP reduce-scatters) gradients on the last micro-batch only
         last = i == plan.accum - 1 or plan.world_size == 1
         if plan.sharded is not None:
-            gradient_sync(plan.sharded, last)
+            plan.sharded.set_requires_gradient_sync(last)
         with contextlib.nullcontext() if last or plan.sharded is not None else net.no_sync():
             with torch.autocast(plan.device.type, dtype=plan.amp, enabled=plan.amp is not None):
                 loss = net(x, y) / plan.accum

@@ -58,6 +58,19 @@ def test_smoke_sweep_prunes_a_bad_trial_and_writes_results(tmp_path):
     assert "sweeps/smoke" in (tmp_path / "results" / "README.md").read_text()
 
 
+def kill_once_saved(args: list[str], cwd: Path, trial: str) -> None:
+    """Start a sweep worker and SIGKILL it once a trial matching `trial` has a checkpoint."""
+    proc = subprocess.Popen(args, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while (
+        not list((cwd / "runs" / "sweeps" / "smoke").glob(f"{trial}/checkpoints/*.pt"))
+        and time.time() < deadline
+    ):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
 def test_killed_worker_trial_is_failed_by_heartbeat_and_retried(tmp_path):
     fast = (
         tmp_path / "smoke.yaml"
@@ -79,17 +92,7 @@ def test_killed_worker_trial_is_failed_by_heartbeat_and_retried(tmp_path):
         "train.max_steps=40",
         "train.eval_every=20",
     ]
-    proc = subprocess.Popen(
-        args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    deadline = time.time() + 120
-    while (
-        not list((tmp_path / "runs" / "sweeps" / "smoke").glob("trial-*/checkpoints/*.pt"))
-        and time.time() < deadline
-    ):
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_once_saved(args, tmp_path, "trial-*")
     completed_before = [t.number for t in study(tmp_path).trials if t.state == TrialState.COMPLETE]
     time.sleep(4)  # past the grace period: the dead worker's heartbeat is stale
     resumed = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=600)
@@ -308,17 +311,7 @@ def test_a_trial_orphaned_near_the_end_of_a_study_is_retried(tmp_path):
     slow.write_text(SMOKE.read_text().replace("grace_period: 20", "grace_period: 600"))
     args = [sys.executable, "-m", "smollm.cli", "sweep", "run", str(slow), "--runs-dir", "runs",
             "train.max_steps=16", "train.eval_every=4", "train.ckpt_every=4"]  # fmt: skip
-    proc = subprocess.Popen(
-        args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    deadline = time.time() + 120
-    while (
-        not list((tmp_path / "runs" / "sweeps" / "smoke").glob("trial-0000/checkpoints/*.pt"))
-        and time.time() < deadline
-    ):
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)  # trial 0 (the first enqueued point) is left RUNNING
-    proc.wait()
+    kill_once_saved(args, tmp_path, "trial-0000")  # trial 0 (an enqueued point) left RUNNING
     assert [t.state for t in study(tmp_path).trials] == [TrialState.RUNNING, TrialState.WAITING,
                                                          TrialState.WAITING]  # fmt: skip
     done = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=600)
