@@ -22,6 +22,7 @@ import dataclasses
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,27 @@ TUNE_KEYS = {"space", "n_trials", "seeds", "objective", "sampler", "pruner", "ov
              "heartbeat_interval", "grace_period", "max_retry", "enqueue"}  # fmt: skip
 
 
+def _load_file(path: str, overrides: list[str]) -> Ablation:
+    return load_ablation(path, overrides)
+
+
+@dataclass(frozen=True)
+class Source:
+    """How a worker process or a SLURM task rebuilds an ablation: its file, the command line's
+    overrides, and the function that reads them (an ablation file's, or a ladder's for one rung)."""
+
+    path: str = ""
+    overrides: tuple[str, ...] = ()
+    loader: Callable[[str, list[str]], Ablation] = _load_file  # picklable: a module-level function
+
+    def load(self) -> Ablation:
+        return self.loader(self.path, list(self.overrides))
+
+    def anywhere(self) -> Source:
+        """The same, with an absolute path: a SLURM job may start in another directory."""
+        return dataclasses.replace(self, path=str(Path(self.path).resolve()))
+
+
 @dataclass(frozen=True)
 class Variant:
     name: str
@@ -77,21 +99,27 @@ class Ablation:
     reference: bool = True
     description: str = ""
     raw: dict = field(default_factory=dict)
-    source: tuple[str, tuple[str, ...]] = ("", ())  # (file, overrides): how a worker reloads it
+    source: Source = Source()  # how a worker reloads it
     tune: dict | None = None  # `tune:` of the file: a per-variant search (see tune_sweep)
     launcher: SlurmConfig = SlurmConfig()  # `launcher:`: each run's resources on SLURM
     # `match: params | flops`: each variant's MLP width set so its non-embedding parameters (or
     # FLOPs per token) equal the baseline's, rounded to a multiple of match_multiple
     match: str = "none"
     match_multiple: int = 8
+    size: str = (
+        ""  # a ladder's rung: its runs' W&B group is the ladder's, with `size` in the config
+    )
+    group: str = ""  # W&B group (default: the name)
 
     def experiment(
         self, variant: Variant, seed: int, tuned: dict[str, Any] | None = None
     ) -> ExperimentConfig:
         """The experiment of one run: preset, the base's overrides, the variant's, its tuned
         values; with `match`, its MLP width matched to the baseline's size."""
-        tracking = {"group": self.name, "name": f"{variant.name}-s{seed}", "job_type": "ablation",
-                    "tags": [variant.name], "variant": variant.name}  # fmt: skip
+        tracking = {"group": self.group or self.name, "variant": variant.name, "size": self.size,
+                    "name": "-".join(filter(None, [self.size, variant.name, f"s{seed}"])),
+                    "job_type": "ladder" if self.size else "ablation",
+                    "tags": [t for t in (variant.name, self.size) if t]}  # fmt: skip
         layers = [{"model": {"preset": variant.preset}, "train": {"seed": seed}},
                   list(variant.overrides), nest(tuned or {}), {"tracking": tracking}]  # fmt: skip
         exp = to_experiment(merge(self.base, layers))
@@ -116,7 +144,10 @@ class Ablation:
                   list(self.tune.get("overrides") or []), {"tracking": tracking}]  # fmt: skip
         spec = {k: v for k, v in self.tune.items() if k != "overrides"}
         return sweep_from_mapping(
-            spec, f"{self.name}-{variant.name}", merge(self.base, layers), f"{self.source[0]}: tune"
+            spec,
+            f"{self.name}-{variant.name}",
+            merge(self.base, layers),
+            f"{self.source.path}: tune",
         )
 
     def jobs(self) -> list[tuple[Variant, int]]:
@@ -149,6 +180,15 @@ def load_ablation(path: str | Path, overrides: list[str] | None = None) -> Ablat
     """Read an ablation file; dotlist overrides apply to the base experiment (e.g. train.max_steps=5),
     `launcher.KEY=VALUE` ones to its `launcher:` section."""
     raw = read_mapping(path, "ablation", ABLATION_KEYS)
+    return ablation_from_mapping(raw, path, overrides, Source(str(path), tuple(overrides or ())))
+
+
+def ablation_from_mapping(
+    raw: dict[str, Any], path: str | Path, overrides: list[str] | None, source: Source, **extra
+) -> Ablation:
+    """An ablation from its file's mapping (`path` names it in errors); `extra`: fields a ladder
+    gives its rungs (size, group)."""
+    check_mapping(raw, ABLATION_KEYS, f"{path}:", "ablation")
     overrides = list(overrides or [])
     launching = [o for o in overrides if o.startswith("launcher.")]
     base = merge(
@@ -181,9 +221,9 @@ def load_ablation(path: str | Path, overrides: list[str] | None = None) -> Ablat
         name=name, base=base, variants=variants,
         seeds=tuple(seeds), baseline=str(raw.get("baseline") or names[0]),
         reference=bool(raw.get("reference", True)), description=str(raw.get("description") or ""), raw=raw,
-        source=(str(path), tuple(overrides)), tune=_tune_spec(raw.get("tune"), path),
+        source=source, tune=_tune_spec(raw.get("tune"), path),
         launcher=slurm_config(raw.get("launcher"), launching, str(path)), match=match,
-        match_multiple=multiple,
+        match_multiple=multiple, **extra,
     )  # fmt: skip
     no_baseline = ablation.baseline not in names and ConfigError(
         f"{path}: baseline {ablation.baseline!r} is not a variant ({', '.join(names)})"
@@ -271,25 +311,23 @@ def _searched(ablation: Ablation, variant: Variant, root: AblationDir) -> bool:
 class TuneSearch:
     """One variant's search of an ablation's `tune:` phase as a picklable call (a SLURM task)."""
 
-    source: tuple[str, tuple[str, ...]]
+    source: Source
     runs_root: str
     variant: str
 
     def __call__(self) -> None:
         from smollm.sweep import optimize
 
-        ablation = load_ablation(self.source[0], list(self.source[1]))
+        ablation = self.source.load()
         root = AblationDir(Path(self.runs_root), ablation.name)
         variant = next(v for v in ablation.variants if v.name == self.variant)
         optimize(ablation.tune_sweep(variant), _tune_url(root), root.tune)
 
 
-def _anywhere(ablation: Ablation, root: AblationDir) -> tuple[tuple[str, tuple[str, ...]], str]:
-    """The ablation's file and overrides, and its runs' root, as absolute paths: a SLURM job may
-    start in another directory."""
-    return (str(Path(ablation.source[0]).resolve()), ablation.source[1]), str(
-        root.path.parent.resolve()
-    )
+def _anywhere(ablation: Ablation, root: AblationDir) -> tuple[Source, str]:
+    """The ablation's source and its runs' root, as absolute paths: a SLURM job may start in
+    another directory."""
+    return ablation.source.anywhere(), str(root.path.parent.resolve())
 
 
 def _tune_on_slurm(ablation: Ablation, root: AblationDir, progress: bool) -> None:
@@ -336,7 +374,8 @@ def run_ablation(
             tune(ablation, root, progress, launcher)
         if launcher == "slurm":
             outcomes = _run_slurm(ablation, root, progress, wait)
-            if not wait:
+            if not wait:  # submitted: this session's work is done, not interrupted
+                finished = True
                 return outcomes
         elif workers > 1 and n > 1:
             outcomes = _run_parallel(ablation, root, n, workers)
@@ -415,12 +454,12 @@ class AblationRun:
     """The index-th (variant, seed) of an ablation as a picklable call: what a SLURM array task
     runs (it reloads the file, as a local worker does)."""
 
-    source: tuple[str, tuple[str, ...]]
+    source: Source
     runs_root: str
     index: int
 
     def __call__(self) -> dict[str, Any]:
-        ablation = load_ablation(self.source[0], list(self.source[1]))
+        ablation = self.source.load()
         root = AblationDir(Path(self.runs_root), ablation.name)
         return _run_one(ablation, root, self.index, progress=False)
 
@@ -501,14 +540,14 @@ def _record_failure(run: RunDir, error: str) -> None:
         run.write_summary("failed", error=error)
 
 
-def _worker(source: tuple, root: str, todo, done, threads: int) -> None:
+def _worker(source: Source, root: str, todo, done, threads: int) -> None:
     """A worker process: take job indices from `todo` until it is empty, put outcomes on `done`."""
     import queue
 
     import torch
 
     torch.set_num_threads(threads)
-    ablation = load_ablation(source[0], list(source[1]))
+    ablation = source.load()
     ablation_dir = AblationDir(Path(root), ablation.name)
     while True:
         try:

@@ -92,7 +92,8 @@ def atomic_dir(target: Path) -> Iterator[Path]:
 # The shipped files live at the top of a checkout (experiments/: ablation, ladder and single
 # experiment files; sweeps/: sweep files); a wheel carries the same folders as smollm/shipped/*
 # (pyproject.toml maps them at build time), so there is one copy of each file.
-CONFIG_FOLDERS = {"ablation": "experiments", "experiment": "experiments", "sweep": "sweeps"}
+CONFIG_FOLDERS = {"ablation": "experiments", "ladder": "experiments", "experiment": "experiments",
+                  "sweep": "sweeps"}  # fmt: skip
 
 
 def shipped_folder(folder: str) -> Path:
@@ -108,8 +109,8 @@ def shipped_folder(folder: str) -> Path:
 
 
 def config_kind(path: Path) -> str:
-    """What a YAML file holds, from its top-level keys: ablation (`variants`), sweep (`space`) or
-    experiment (anything else: model/data/train/tracking)."""
+    """What a YAML file holds, from its top-level keys: ladder (`rungs`), ablation (`variants`),
+    sweep (`space`) or experiment (anything else: model/data/train/tracking)."""
     import yaml
 
     try:
@@ -117,6 +118,8 @@ def config_kind(path: Path) -> str:
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
         return "unreadable"
     keys = set(data) if isinstance(data, dict) else set()
+    if "rungs" in keys:
+        return "ladder"
     return "ablation" if "variants" in keys else "sweep" if "space" in keys else "experiment"
 
 

@@ -397,30 +397,87 @@ def run_ablation_cmd(
     """
     from smollm.ablation import load_ablation, run_ablation
     from smollm.assets import config_file
-    from smollm.launch import LAUNCHERS
     from smollm.results import build_results
 
-    if launcher not in LAUNCHERS:
-        raise SmolError(f"--launcher {launcher!r}: choose {' or '.join(LAUNCHERS)}")
+    _check_launcher(launcher)
     ablation = load_ablation(config_file("ablation", config), overrides or [])
     outcomes = run_ablation(ablation, Path(runs_dir), progress=not quiet, workers=workers,
                             launcher=launcher, wait=wait)  # fmt: skip
-    typer.echo(f"\n{'run':<24}{'status':<10}{'val loss':>10}{'bits/byte':>11}")
+    _report(outcomes, ablation.name, launcher == "slurm" and not wait,
+            lambda: build_results(ablation.name, Path(runs_dir), Path(results_dir)))  # fmt: skip
+
+
+def _check_launcher(launcher: str) -> None:
+    from smollm.launch import LAUNCHERS
+
+    if launcher not in LAUNCHERS:
+        raise SmolError(f"--launcher {launcher!r}: choose {' or '.join(LAUNCHERS)}")
+
+
+def _report(outcomes: list[dict], name: str, submitted: bool, build) -> None:
+    """The runs' outcomes as a table, then the results tables (`build()`), unless only submitted;
+    exit 1 when a run did not finish."""
+    typer.echo(f"\n{'run':<28}{'status':<10}{'val loss':>10}{'bits/byte':>11}")
     for o in outcomes:
         loss = f"{o['val_loss']:.4f}" if o.get("val_loss") is not None else "—"
         bpb = f"{o['val_bpb']:.4f}" if o.get("val_bpb") is not None else "—"
         error = f"  {o['error']}" if o.get("error") else ""
-        typer.echo(f"{o['run']:<24}{o['status']:<10}{loss:>10}{bpb:>11}{error}")
-    if launcher == "slurm" and not wait:
-        typer.echo(f"submitted; `smol results {ablation.name}` writes the tables once they finish")
+        typer.echo(f"{o['run']:<28}{o['status']:<10}{loss:>10}{bpb:>11}{error}")
+    if submitted:
+        typer.echo(f"submitted; `smol results {name}` writes the tables once they finish")
         return
-    out = build_results(ablation.name, Path(runs_dir), Path(results_dir))
+    out = build()
     failed = sum(o["status"] != "finished" for o in outcomes)
     typer.echo(
         f"results: {out}/summary.md ({len(outcomes) - failed}/{len(outcomes)} runs finished)"
     )
     if failed:
         raise typer.Exit(1)
+
+
+@run_app.command("ladder")
+def run_ladder_cmd(
+    config: Annotated[
+        str, typer.Argument(help="A shipped ladder's name (ladder, ladder-gpu) or a YAML path")
+    ] = "ladder",
+    overrides: Annotated[
+        list[str] | None,
+        typer.Argument(help="key=value overrides of every rung's base experiment"),
+    ] = None,
+    runs_dir: RunsDirOpt = "runs",
+    results_dir: ResultsDirOpt = "results",
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars")] = False,
+    workers: Annotated[
+        int, typer.Option(min=1, max=64, help="Runs in parallel processes (within a rung)")
+    ] = 1,
+    launcher: Annotated[
+        str, typer.Option(help="local or slurm (one job array per rung), as for an ablation")
+    ] = "local",
+    wait: Annotated[
+        bool, typer.Option("--wait/--no-wait", help="slurm: wait for the arrays and fit")
+    ] = True,
+) -> None:
+    """Train every (size, variant, seed) of a ladder, then fit loss against compute per variant
+    and write results/<ladder>/: each variant's gap to the baseline at every size, its compute
+    multiplier with a seed-bootstrap CI, whether the gap grows or shrinks with scale, and the fits
+    extrapolated to the ladder's target.
+
+    Each rung is an ablation: finished runs are skipped, interrupted ones resume, edited ones
+    start over.
+    """
+    from smollm.assets import config_file
+    from smollm.ladder import load_ladder, run_ladder
+
+    def build() -> Path:
+        from smollm.results import build_ladder_results
+
+        return build_ladder_results(ladder.name, Path(runs_dir), Path(results_dir))
+
+    _check_launcher(launcher)
+    ladder = load_ladder(config_file("ladder", config), overrides or [])
+    outcomes = run_ladder(ladder, Path(runs_dir), progress=not quiet, workers=workers,
+                          launcher=launcher, wait=wait)  # fmt: skip
+    _report(outcomes, ladder.name, launcher == "slurm" and not wait, build)
 
 
 @app.command()

@@ -217,26 +217,36 @@ def flops_per_token(cfg: ModelConfig, seq_len: int) -> int:
 MATCHES = ("none", "params", "flops")
 
 
+def size_count(cfg: ModelConfig, seq_len: int, match: str) -> int:
+    """What `match` compares: non-embedding parameters (`params`) or FLOPs per token (`flops`)."""
+    return (
+        param_count(cfg, non_embedding=True) if match == "params" else flops_per_token(cfg, seq_len)
+    )
+
+
 def matched(
     cfg: ModelConfig, target: ModelConfig, seq_len: int, match: str, multiple: int
 ) -> ModelConfig:
     """`cfg` with the MLP width (intermediate_size, a multiple of `multiple`) that makes its
     non-embedding parameters (`params`) or training FLOPs per token (`flops`) equal `target`'s,
-    as GLU variants are compared in the literature. Both counts are linear in the width."""
+    as GLU variants are compared in the literature."""
     if match == "none":
         return cfg
+    return with_count(cfg, size_count(target, seq_len, match), seq_len, match, multiple)
 
-    def count(c: ModelConfig) -> int:
-        return (
-            param_count(c, non_embedding=True) if match == "params" else flops_per_token(c, seq_len)
-        )
 
-    one, two = (count(dataclasses.replace(cfg, intermediate_size=w * multiple)) for w in (1, 2))
-    zero = 2 * one - two  # the count without an MLP (it is linear in the width)
-    steps = round((count(target) - zero) / (two - one))
+def with_count(
+    cfg: ModelConfig, count: int, seq_len: int, match: str, multiple: int
+) -> ModelConfig:
+    """`cfg` with the MLP width (a multiple of `multiple`) whose `match` count is nearest `count`;
+    both counts are linear in the width."""
+    one, two = (size_count(dataclasses.replace(cfg, intermediate_size=w * multiple), seq_len, match)
+                for w in (1, 2))  # fmt: skip
+    zero = 2 * one - two  # the count without an MLP
+    steps = round((count - zero) / (two - one))
     if steps < 1:
         raise ConfigError(f"match: {match}: no MLP width of {cfg.dim}-wide {cfg.mlp} layers "
-                          f"matches {count(target):,} (the rest alone is {zero:,})")  # fmt: skip
+                          f"matches {count:,} (the rest alone is {zero:,})")  # fmt: skip
     return dataclasses.replace(cfg, intermediate_size=steps * multiple)
 
 
@@ -405,6 +415,7 @@ class TrackingConfig:
     tags: tuple[str, ...] = ()
     name: str = ""  # default: the run directory's name
     variant: str = ""  # an ablation's variant: with train.seed in the W&B config, so seeds group
+    size: str = ""  # a ladder's rung (smol run ladder): in the W&B config beside variant and seed
 
     def __post_init__(self) -> None:
         if self.mode not in ("auto", "online", "offline", "disabled"):

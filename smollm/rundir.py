@@ -388,3 +388,32 @@ class SweepDir:
 def default_run_dir(config: str | os.PathLike | None, runs_root: Path = Path("runs")) -> RunDir:
     """`smol train`'s run directory when none is given: runs/<config file stem>, or runs/default."""
     return RunDir(runs_root / (Path(config).stem if config else "default"))
+
+
+class LadderDir:
+    """runs/<ladder>/: the ladder file as run (ladder.json) and one ablation directory per rung."""
+
+    def __init__(self, runs_root: Path, name: str) -> None:
+        self.path = Path(runs_root) / path_segment(name, "ladder")
+        self.name = name
+
+    spec = property(lambda self: self.path / "ladder.json")
+    summary_run = property(lambda self: RunDir(self.path / "summary"))  # its W&B summary run
+
+    def rung(self, name: str) -> AblationDir:
+        return AblationDir(self.path, name)
+
+    def exists(self) -> bool:
+        return self.spec.is_file()
+
+    def read_spec(self) -> dict[str, Any]:
+        spec = read_json(self.spec)
+        if not isinstance(spec, dict) or not isinstance(spec.get("rungs"), list):
+            raise RunDirError(f"{self.spec}: not a ladder file (no rungs)")
+        return spec
+
+
+def ladder_names(runs_root: Path) -> list[str]:
+    """The ladders that have run directories under runs_root."""
+    root = Path(runs_root)
+    return sorted(p.name for p in root.glob("*") if LadderDir(root, p.name).exists())

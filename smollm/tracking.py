@@ -60,7 +60,12 @@ class Tracker:
         run_id = _wandb_id(self.run)
         # variant and seed at the top of the config: the dashboard groups an ablation's seeds by
         # variant (group = the ablation) and draws their band
-        config = {**config, "variant": cfg.variant or None, "seed": config["train"]["seed"]}
+        config = {
+            **config,
+            "variant": cfg.variant or None,
+            "seed": config["train"]["seed"],
+            **({"size": cfg.size} if cfg.size else {}),
+        }  # fmt: skip (a ladder's rung)
         run = wandb.init(
             project=cfg.project, entity=cfg.entity or None, group=cfg.group or None, job_type=cfg.job_type,
             tags=list(cfg.tags), name=cfg.name or self.run.name, config=config, dir=str(self.run.path),

@@ -1,0 +1,213 @@
+"""The fits of a ladder: loss against compute, compute multipliers and the trend of a gap with
+scale. Pure functions of numbers (no files), fitted with scipy, testable on synthetic runs.
+
+Law (Hoffmann et al. 2022's form, in compute alone): L(C) = E + A * (C / c0) ** -alpha, with c0 a
+stated reference compute (the ladder's smallest), so that A is the reducible loss there.
+
+Uncertainty is seed-level: every statistic is recomputed on bootstrap resamples of the seeds, drawn
+independently at each rung and shared by the variants there (they are paired by seed). Intervals
+are estimate +- t(n-1) * bootstrap sd * sqrt(n / (n-1)) (on a log scale for multipliers): the
+bootstrap's spread of a mean over n seeds is (n-1)/n of the unbiased one, and with 3-5 seeds the
+t quantile matters. A percentile interval of so few seeds covers far less than it claims.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+ALPHA_BOUNDS = (1e-3, 4.0)  # exponents outside this are not a power law a ladder can tell apart
+
+
+@dataclass(frozen=True)
+class Law:
+    """Fitted L(C) = E + A * (C / c0) ** -alpha; each field an array (one value per resample)."""
+
+    E: np.ndarray
+    A: np.ndarray
+    alpha: np.ndarray
+    c0: float
+
+    def loss(self, compute: np.ndarray | float) -> np.ndarray:
+        """Loss at `compute` (broadcast against the resamples)."""
+        return self.E + self.A * (np.asarray(compute, float) / self.c0) ** -self.alpha
+
+    def compute_for(self, loss: np.ndarray | float) -> np.ndarray:
+        """The compute at which this law reaches `loss`; inf at or below its floor E."""
+        loss = np.asarray(loss, float)
+        gap = loss - self.E
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out = self.c0 * (self.A / gap) ** (1.0 / self.alpha)
+        return np.where(gap > 0, out, np.inf)
+
+
+def _start(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Per row of y, the (E, A, alpha) on an exponent grid that fits best with E, A >= 0 (for
+    each exponent E and A are a linear least-squares fit): where the nonlinear fit starts."""
+    grid = np.geomspace(0.02, 2.0, 60)
+    basis = x[None, :] ** -grid[:, None]  # (G, R)
+    bm, ym = basis.mean(1), y.mean(1)  # (G,), (B,)
+    bc = basis - bm[:, None]
+    yc = y - ym[:, None]
+    A = np.clip((yc @ bc.T) / (bc**2).sum(1), 0, None)  # (B, G)
+    E = np.clip(ym[:, None] - A * bm[None, :], 0, None)
+    sse = ((E[:, :, None] + A[:, :, None] * basis[None] - y[:, None, :]) ** 2).sum(-1)
+    best = sse.argmin(1)
+    rows = np.arange(len(y))
+    return np.stack([E[rows, best], np.maximum(A[rows, best], 1e-6), grid[best]], 1)
+
+
+def fit_laws(compute: np.ndarray, losses: np.ndarray, c0: float) -> Law:
+    """Least-squares fits of the law to each row of `losses` (resamples x points) at `compute`
+    (points): one scipy least_squares call over all rows (their Jacobian is block-diagonal), so a
+    bootstrap of hundreds of resamples costs about one fit."""
+    from scipy import sparse
+    from scipy.optimize import least_squares
+
+    x = np.asarray(compute, float) / c0
+    y = np.atleast_2d(np.asarray(losses, float))
+    n_rows, n_points = y.shape
+    logx = np.log(x)
+
+    def residuals(p: np.ndarray) -> np.ndarray:
+        E, A, a = p.reshape(n_rows, 3).T
+        return (E[:, None] + A[:, None] * x[None] ** -a[:, None] - y).ravel()
+
+    def jacobian(p: np.ndarray):
+        _, A, a = p.reshape(n_rows, 3).T
+        power = x[None] ** -a[:, None]  # (B, R)
+        cols = np.stack([np.ones_like(power), power, -A[:, None] * power * logx[None]], -1)
+        rows = np.repeat(np.arange(n_rows * n_points), 3)
+        return sparse.csr_matrix(
+            (cols.ravel(), (rows, (np.arange(n_rows)[:, None, None] * 3 + np.arange(3)).repeat(n_points, 1).ravel())),
+            shape=(n_rows * n_points, n_rows * 3),
+        )  # fmt: skip
+
+    start = _start(x, y)
+    lo = np.tile([0.0, 0.0, ALPHA_BOUNDS[0]], n_rows)
+    hi = np.tile([np.inf, np.inf, ALPHA_BOUNDS[1]], n_rows)
+    fit = least_squares(residuals, np.clip(start.ravel(), lo, hi), jac=jacobian, bounds=(lo, hi),
+                        method="trf", tr_solver="lsmr", x_scale="jac", ftol=1e-12, xtol=1e-12,
+                        gtol=1e-12, max_nfev=200)  # fmt: skip
+    E, A, a = fit.x.reshape(n_rows, 3).T
+    return Law(E, A, a, c0)
+
+
+def resample_means(values: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """Bootstrap means over seeds: values (variants, rungs, seeds) -> (n_boot, variants, rungs),
+    the seeds drawn with replacement independently per rung and shared across variants (paired).
+    Row 0 is the sample itself."""
+    n_var, n_rungs, n_seeds = values.shape
+    draws = rng.integers(0, n_seeds, size=(n_boot, n_rungs, n_seeds))
+    draws[0] = np.arange(n_seeds)
+    picked = np.take_along_axis(
+        values[None], np.broadcast_to(draws[:, None], (n_boot, n_var, n_rungs, n_seeds)), axis=-1
+    )
+    return picked.mean(-1)
+
+
+def interval(
+    estimate: float, resampled: np.ndarray, n_seeds: int, log: bool = False
+) -> tuple[float, float]:
+    """95% interval: estimate +- t(n-1) * bootstrap sd * sqrt(n/(n-1)) (see the module's note);
+    on the log scale for a ratio. NaN bounds when the resamples are not all finite."""
+    from scipy import stats
+
+    values = np.log(resampled) if log else np.asarray(resampled, float)
+    centre = math.log(estimate) if log else estimate
+    if n_seeds < 2 or not np.all(np.isfinite(values)) or not math.isfinite(centre):
+        return math.nan, math.nan
+    half = (
+        float(stats.t.ppf(0.975, n_seeds - 1)) * values.std() * math.sqrt(n_seeds / (n_seeds - 1))
+    )
+    lo, hi = centre - half, centre + half
+    return (math.exp(lo), math.exp(hi)) if log else (lo, hi)
+
+
+def slope(log_compute: np.ndarray, deltas: np.ndarray) -> np.ndarray:
+    """Least-squares slope of each row of `deltas` against log10 compute (one x per column)."""
+    xc = log_compute - log_compute.mean()
+    return ((deltas - deltas.mean(-1, keepdims=True)) * xc).sum(-1) / (xc**2).sum()
+
+
+def trend_verdict(mean_delta: float, lo: float, hi: float) -> str:
+    """'resolved: grows' when the slope's interval excludes 0 and the gap widens with compute,
+    'resolved: shrinks' when it closes (or crosses), else 'not resolved'."""
+    if not (lo > 0 or hi < 0):
+        return "not resolved"
+    widens = (lo > 0) == (mean_delta > 0)
+    return "resolved: grows" if widens else "resolved: shrinks"
+
+
+def multiplier_verdict(lo: float, hi: float) -> str:
+    """'resolved: saves compute' (interval above 1: the variant reaches the baseline's loss with
+    less compute), 'resolved: costs compute' (below 1), else 'not resolved'."""
+    if math.isnan(lo) or math.isnan(hi) or lo <= 1 <= hi:
+        return "not resolved"
+    return "resolved: saves compute" if lo > 1 else "resolved: costs compute"
+
+
+def _point_and_interval(resampled: np.ndarray, n_seeds: int, log: bool = False) -> dict:
+    """{value, lo, hi} from resamples whose row 0 is the sample itself."""
+    value = float(resampled[0])
+    lo, hi = interval(value, resampled, n_seeds, log)
+    return {"value": value, "lo": lo, "hi": hi}
+
+
+def analyse(
+    compute: np.ndarray,
+    values: np.ndarray,
+    baseline: int,
+    target: np.ndarray | None = None,
+    n_boot: int = 400,
+    seed: int = 0,
+) -> dict:
+    """A ladder's answers from its final losses.
+
+    compute: (variants, rungs) training FLOPs of each run; values: (variants, rungs, seeds) final
+    losses (or bpb), seeds paired across variants at a rung; target: (variants,) compute of each
+    variant at an extrapolation target. Returns {"c0", "laws": [per variant {E, A, alpha}], and per
+    non-baseline variant "vs": {index: {delta, multiplier (per rung), fit_multiplier (at the
+    largest rung), slope, trend, target_delta, target_multiplier}}}, each a {value, lo, hi}.
+    """
+    n_var, n_rungs, n_seeds = values.shape
+    rng = np.random.default_rng(seed)
+    means = resample_means(values, n_boot, rng)  # (B, V, R)
+    c0 = float(compute[baseline].min())
+    laws = [fit_laws(compute[v], means[:, v], c0) for v in range(n_var)]
+    out: dict = {"c0": c0, "n_seeds": n_seeds, "n_boot": n_boot, "laws": [], "vs": {}}
+    for law in laws:
+        out["laws"].append({k: _point_and_interval(getattr(law, k), n_seeds, log=k == "A")
+                            for k in ("E", "A", "alpha")})  # fmt: skip
+    base = laws[baseline]
+    top = int(np.argmax(compute[baseline]))
+    log_c = np.log10(compute[baseline])
+    for v in range(n_var):
+        if v == baseline:
+            continue
+        law = laws[v]
+        deltas = means[:, v] - means[:, baseline]  # (B, R)
+        trend = slope(log_c, deltas)
+        per_rung = base.compute_for(means[:, v].T).T / compute[v]  # (B, R)
+        at_top = base.compute_for(law.loss(compute[v, top])) / compute[v, top]
+        answer = {
+            "delta": [_point_and_interval(deltas[:, r], n_seeds) for r in range(n_rungs)],
+            "multiplier": [_point_and_interval(per_rung[:, r], n_seeds, log=True) for r in range(n_rungs)],
+            "fit_multiplier": _point_and_interval(at_top, n_seeds, log=True),
+            "slope": _point_and_interval(trend, n_seeds),
+        }  # fmt: skip
+        s = answer["slope"]
+        answer["trend"] = trend_verdict(float(np.mean(deltas[0])), s["lo"], s["hi"])
+        m = answer["fit_multiplier"]
+        answer["verdict"] = multiplier_verdict(m["lo"], m["hi"])
+        if target is not None:
+            answer["target_delta"] = _point_and_interval(
+                law.loss(target[v]) - base.loss(target[baseline]), n_seeds
+            )
+            answer["target_multiplier"] = _point_and_interval(
+                base.compute_for(law.loss(target[v])) / target[v], n_seeds, log=True
+            )
+        out["vs"][v] = answer
+    return out
