@@ -469,7 +469,7 @@ def run_ladder_cmd(
     from smollm.ladder import load_ladder, run_ladder
 
     def build() -> Path:
-        from smollm.results import build_ladder_results
+        from smollm.ladder_results import build_ladder_results
 
         return build_ladder_results(ladder.name, Path(runs_dir), Path(results_dir))
 
@@ -483,7 +483,8 @@ def run_ladder_cmd(
 @app.command()
 def results(
     ablation: Annotated[
-        str | None, typer.Argument(help="Ablation name (default: every ablation under --runs-dir)")
+        str | None,
+        typer.Argument(help="Ablation or ladder name (default: every one under --runs-dir)"),
     ] = None,
     runs_dir: RunsDirOpt = "runs",
     results_dir: ResultsDirOpt = "results",
@@ -496,16 +497,20 @@ def results(
         ),
     ] = True,
 ) -> None:
-    """Rebuild results/<ablation>/ (summary.md, summary.csv, loss_curves.png, forest.png) from run
-    directories, and the ablation's W&B summary run."""
+    """Rebuild results/<ablation>/ (summary.md, summary.csv, loss_curves.png, forest.png) or
+    results/<ladder>/ (summary.md, summary.csv, fits.csv, scaling.png, multiplier.png) from run
+    directories, and its W&B summary run."""
+    from smollm.ladder_results import build_ladder_results
     from smollm.results import build_results
-    from smollm.rundir import ablation_names
+    from smollm.rundir import LadderDir, ablation_names, ladder_names
 
-    names = [ablation] if ablation else ablation_names(Path(runs_dir))
+    runs = Path(runs_dir)
+    names = [ablation] if ablation else ablation_names(runs) + ladder_names(runs)
     if not names:
-        raise SmolError(f"no ablations under {runs_dir}/; run `smol run ablation` first")
+        raise SmolError(f"no ablations or ladders under {runs_dir}/; run `smol run ablation` first")
     for name in names:
-        typer.echo(f"wrote {build_results(name, Path(runs_dir), Path(results_dir), wandb)}")
+        build = build_ladder_results if LadderDir(runs, name).exists() else build_results
+        typer.echo(f"wrote {build(name, runs, Path(results_dir), wandb)}")
 
 
 sweep_app = typer.Typer(

@@ -247,7 +247,12 @@ def with_count(
     if steps < 1:
         raise ConfigError(f"match: {match}: no MLP width of {cfg.dim}-wide {cfg.mlp} layers "
                           f"matches {count:,} (the rest alone is {zero:,})")  # fmt: skip
-    return dataclasses.replace(cfg, intermediate_size=steps * multiple)
+    out = dataclasses.replace(cfg, intermediate_size=steps * multiple)
+    if abs(size_count(out, seq_len, match) / count - 1) > 0.01:  # what the tables promise
+        raise ConfigError(f"match: {match}: MLP widths in steps of {multiple} cannot bring "
+                          f"{cfg.dim}-wide {cfg.mlp} layers within 1% of {count:,} "
+                          f"(nearest: {size_count(out, seq_len, match):,}); lower match_multiple")  # fmt: skip
+    return out
 
 
 SMOLLM2_135M = ModelConfig()

@@ -95,7 +95,13 @@ SHAPE_FIELDS = ("dim", "n_layers", "n_heads", "n_kv_heads", "intermediate_size")
 def load_ladder(path: str | Path, overrides: list[str] | None = None) -> Ladder:
     """Read a ladder file and check every rung (each one an ablation) before anything runs;
     dotlist overrides apply to every rung's base experiment, as for an ablation."""
-    raw = read_mapping(path, "ladder", LADDER_KEYS)
+    return ladder_from_mapping(read_mapping(path, "ladder", LADDER_KEYS), path, overrides)
+
+
+def ladder_from_mapping(raw: dict, path: str | Path, overrides: list[str] | None = None) -> Ladder:
+    """A ladder from its file's mapping (as read, or as recorded in runs/<ladder>/ladder.json);
+    `path` names it in errors and is where its workers reload it from."""
+    check_mapping(raw, LADDER_KEYS, f"{path}:", "ladder")
     name = path_segment(str(raw.get("name") or Path(path).stem), f"{path}: ladder")
     rungs = raw.get("rungs")
     if not isinstance(rungs, list) or not rungs:
@@ -147,18 +153,21 @@ def _rung_ablation(ladder: Ladder, spec: dict, extra: dict | None = None) -> Abl
     shared = {k: raw[k] for k in ABLATION_KEYS & set(raw) if k not in ("name", "base")}
     source = Source(ladder.path, ladder.overrides, functools.partial(load_rung, rung=name))
 
-    def ablation(base: dict) -> Ablation:
-        return ablation_from_mapping({**shared, "name": name, "base": base, "reference": False},
-                                     label, list(ladder.overrides), source, size=name,
+    def ablation(base: dict, only_baseline: bool = False) -> Ablation:
+        mapping = {**shared, "name": name, "base": base, "reference": False}
+        if only_baseline:  # the base's own shape, where variants may coincide: the baseline alone
+            mapping["variants"] = [_baseline_spec(raw)]
+        return ablation_from_mapping(mapping, label, list(ladder.overrides), source, size=name,
                                      group=ladder.name)  # fmt: skip
 
     base = _deep(raw.get("base") or {}, extra or {})
-    first = ablation(_deep(base, {"train": {"max_steps": 1}}))  # the budget is not known yet
-    template = first.experiment(_baseline(first), first.seeds[0])
-    shape = spec.get("model") or pick_shape(
-        spec["params"], template.model, first.match_multiple, label
-    )
-    pre = ablation(_deep(base, {"model": shape, "train": {"max_steps": 1}}))
+    unknown = {"train": {"max_steps": 1}}  # the budget is not known yet
+    template = ablation(_deep(base, unknown), only_baseline=True)
+    template = template.experiment(template.variants[0], template.seeds[0])
+    shape = spec.get("model")
+    if shape is None:  # a parameter count: a shape in the proportions of the base's baseline
+        shape = pick_shape(spec["params"], template.model, _multiple(raw), label)
+    pre = ablation(_deep(base, {"model": shape, **unknown}))
     exp = pre.experiment(_baseline(pre), pre.seeds[0])
     tokens = _budget(raw, spec, param_count(exp.model, non_embedding=True), label)
     steps = max(1, math.ceil(tokens / (exp.train.batch_size * exp.data.seq_len)))
@@ -169,10 +178,22 @@ def _rung_ablation(ladder: Ladder, spec: dict, extra: dict | None = None) -> Abl
             raise ConfigError(f"{ladder.path}: warmup_fraction={fraction!r}: must be in [0, 1)")
         train["warmup_steps"] = round(fraction * steps)
     if raw.get("lr_rule", "constant") == "width":  # Adam's hidden-layer lr ~ 1/width (muP)
-        train["lr"] = (
-            template.train.lr * float(raw.get("lr_dim") or template.model.dim) / exp.model.dim
-        )
+        lr_dim = float(raw.get("lr_dim") or template.model.dim)
+        train["lr"] = template.train.lr * lr_dim / exp.model.dim
     return ablation(_deep(base, {"model": shape, "train": train}))
+
+
+def _baseline_spec(raw: dict) -> Any:
+    """The baseline's entry in the ladder's variants (a preset name or {name, preset, ...})."""
+    specs = raw.get("variants") or []
+    name = lambda v: v if isinstance(v, str) else (v or {}).get("name", (v or {}).get("preset"))  # noqa: E731
+    return next((v for v in specs if name(v) == raw.get("baseline")), specs[0] if specs else None)
+
+
+def _multiple(raw: dict) -> int:
+    multiple = raw.get("match_multiple", 8)
+    valid = isinstance(multiple, int) and not isinstance(multiple, bool) and multiple >= 1
+    return multiple if valid else 8  # an invalid one is reported when the rung's ablation is read
 
 
 def _baseline(ablation: Ablation):

@@ -14,6 +14,7 @@ t quantile matters. A percentile interval of so few seeds covers far less than i
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,56 +44,56 @@ class Law:
         return np.where(gap > 0, out, np.inf)
 
 
-def _start(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Per row of y, the (E, A, alpha) on an exponent grid that fits best with E, A >= 0 (for
-    each exponent E and A are a linear least-squares fit): where the nonlinear fit starts."""
-    grid = np.geomspace(0.02, 2.0, 60)
+def _profile(x: np.ndarray, y: np.ndarray, alpha: np.ndarray):
+    """For each row's exponent, the least-squares E and A (linear once alpha is fixed) and the
+    residuals: E (B,), A (B,), residuals (B, R)."""
+    basis = x[None, :] ** -alpha[:, None]  # (B, R)
+    bc = basis - basis.mean(1, keepdims=True)
+    A = (bc * (y - y.mean(1, keepdims=True))).sum(1) / (bc**2).sum(1)
+    E = y.mean(1) - A * basis.mean(1)
+    return E, A, E[:, None] + A[:, None] * basis - y
+
+
+def _grid(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per row, the (alpha, E, A) on a fine grid of exponents with E, A >= 0 and the least
+    squared error."""
+    grid = np.geomspace(*ALPHA_BOUNDS, 240)
     basis = x[None, :] ** -grid[:, None]  # (G, R)
-    bm, ym = basis.mean(1), y.mean(1)  # (G,), (B,)
+    bm = basis.mean(1)
     bc = basis - bm[:, None]
-    yc = y - ym[:, None]
-    A = np.clip((yc @ bc.T) / (bc**2).sum(1), 0, None)  # (B, G)
-    E = np.clip(ym[:, None] - A * bm[None, :], 0, None)
+    A = np.clip(((y - y.mean(1, keepdims=True)) @ bc.T) / (bc**2).sum(1), 0, None)  # (B, G)
+    E = np.clip(y.mean(1)[:, None] - A * bm[None, :], 0, None)
     sse = ((E[:, :, None] + A[:, :, None] * basis[None] - y[:, None, :]) ** 2).sum(-1)
-    best = sse.argmin(1)
-    rows = np.arange(len(y))
-    return np.stack([E[rows, best], np.maximum(A[rows, best], 1e-6), grid[best]], 1)
+    best, rows = sse.argmin(1), np.arange(len(y))
+    return grid[best], E[rows, best], A[rows, best]
 
 
 def fit_laws(compute: np.ndarray, losses: np.ndarray, c0: float) -> Law:
     """Least-squares fits of the law to each row of `losses` (resamples x points) at `compute`
-    (points): one scipy least_squares call over all rows (their Jacobian is block-diagonal), so a
-    bootstrap of hundreds of resamples costs about one fit."""
-    from scipy import sparse
-    from scipy.optimize import least_squares
+    (points), all rows at once. Once alpha is fixed E and A are linear (variable projection), so
+    the fit is a root of d(squared error)/d(alpha) = -2 A sum(r x^-alpha ln x) (envelope theorem),
+    found by scipy's vectorised secant method from the best exponent on a grid; a row whose root
+    leaves the bounds, or has E or A < 0, keeps the grid's fit."""
+    from scipy.optimize import newton
 
     x = np.asarray(compute, float) / c0
     y = np.atleast_2d(np.asarray(losses, float))
-    n_rows, n_points = y.shape
     logx = np.log(x)
+    start, E0, A0 = _grid(x, y)
 
-    def residuals(p: np.ndarray) -> np.ndarray:
-        E, A, a = p.reshape(n_rows, 3).T
-        return (E[:, None] + A[:, None] * x[None] ** -a[:, None] - y).ravel()
+    def slope(alpha: np.ndarray) -> np.ndarray:
+        _, A, r = _profile(x, y, alpha)
+        return -2 * A * (r * x[None] ** -alpha[:, None] * logx[None]).sum(1)
 
-    def jacobian(p: np.ndarray):
-        _, A, a = p.reshape(n_rows, 3).T
-        power = x[None] ** -a[:, None]  # (B, R)
-        cols = np.stack([np.ones_like(power), power, -A[:, None] * power * logx[None]], -1)
-        rows = np.repeat(np.arange(n_rows * n_points), 3)
-        return sparse.csr_matrix(
-            (cols.ravel(), (rows, (np.arange(n_rows)[:, None, None] * 3 + np.arange(3)).repeat(n_points, 1).ravel())),
-            shape=(n_rows * n_points, n_rows * 3),
-        )  # fmt: skip
-
-    start = _start(x, y)
-    lo = np.tile([0.0, 0.0, ALPHA_BOUNDS[0]], n_rows)
-    hi = np.tile([np.inf, np.inf, ALPHA_BOUNDS[1]], n_rows)
-    fit = least_squares(residuals, np.clip(start.ravel(), lo, hi), jac=jacobian, bounds=(lo, hi),
-                        method="trf", tr_solver="lsmr", x_scale="jac", ftol=1e-12, xtol=1e-12,
-                        gtol=1e-12, max_nfev=200)  # fmt: skip
-    E, A, a = fit.x.reshape(n_rows, 3).T
-    return Law(E, A, a, c0)
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a row that does not converge: the grid's
+        root = np.asarray(newton(slope, start, maxiter=100, tol=1e-12, disp=False), float)
+        E, A, r = _profile(x, y, root)
+        r0 = E0[:, None] + A0[:, None] * x[None] ** -start[:, None] - y
+        ok = (np.isfinite(root) & (root >= ALPHA_BOUNDS[0]) & (root <= ALPHA_BOUNDS[1])
+              & (E >= 0) & (A >= 0) & ((r**2).sum(1) <= (r0**2).sum(1)))  # fmt: skip
+    alpha = np.where(ok, root, start)
+    return Law(np.where(ok, E, E0), np.where(ok, A, A0), alpha, c0)
 
 
 def resample_means(values: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
@@ -109,19 +110,18 @@ def resample_means(values: np.ndarray, n_boot: int, rng: np.random.Generator) ->
 
 
 def interval(
-    estimate: float, resampled: np.ndarray, n_seeds: int, log: bool = False
+    estimate: float, resampled: np.ndarray, n_seeds: int, log: bool = False, df: float | None = None
 ) -> tuple[float, float]:
-    """95% interval: estimate +- t(n-1) * bootstrap sd * sqrt(n/(n-1)) (see the module's note);
-    on the log scale for a ratio. NaN bounds when the resamples are not all finite."""
+    """95% interval: estimate +- t(df) * bootstrap sd * sqrt(n/(n-1)) (see the module's note), df
+    n-1 unless given; on the log scale for a ratio. NaN bounds when a resample is not finite."""
     from scipy import stats
 
     values = np.log(resampled) if log else np.asarray(resampled, float)
     centre = math.log(estimate) if log else estimate
     if n_seeds < 2 or not np.all(np.isfinite(values)) or not math.isfinite(centre):
         return math.nan, math.nan
-    half = (
-        float(stats.t.ppf(0.975, n_seeds - 1)) * values.std() * math.sqrt(n_seeds / (n_seeds - 1))
-    )
+    t = float(stats.t.ppf(0.975, df or n_seeds - 1))
+    half = t * values.std() * math.sqrt(n_seeds / (n_seeds - 1))
     lo, hi = centre - half, centre + half
     return (math.exp(lo), math.exp(hi)) if log else (lo, hi)
 
@@ -130,6 +130,17 @@ def slope(log_compute: np.ndarray, deltas: np.ndarray) -> np.ndarray:
     """Least-squares slope of each row of `deltas` against log10 compute (one x per column)."""
     xc = log_compute - log_compute.mean()
     return ((deltas - deltas.mean(-1, keepdims=True)) * xc).sum(-1) / (xc**2).sum()
+
+
+def slope_df(log_compute: np.ndarray, deltas: np.ndarray) -> float:
+    """Welch-Satterthwaite degrees of freedom of the slope: it sums the rungs' mean deltas (rungs,
+    seeds), each over independent seeds, so it has more than one rung's n-1."""
+    n = deltas.shape[-1]
+    xc = log_compute - log_compute.mean()
+    parts = (xc / (xc**2).sum()) ** 2 * deltas.var(-1, ddof=1) / n  # each rung's share of var
+    if not parts.sum() > 0:
+        return n - 1.0
+    return float(parts.sum() ** 2 / ((parts**2) / (n - 1)).sum())
 
 
 def trend_verdict(mean_delta: float, lo: float, hi: float) -> str:
@@ -149,10 +160,12 @@ def multiplier_verdict(lo: float, hi: float) -> str:
     return "resolved: saves compute" if lo > 1 else "resolved: costs compute"
 
 
-def _point_and_interval(resampled: np.ndarray, n_seeds: int, log: bool = False) -> dict:
+def _point_and_interval(
+    resampled: np.ndarray, n_seeds: int, log: bool = False, df: float | None = None
+) -> dict:
     """{value, lo, hi} from resamples whose row 0 is the sample itself."""
     value = float(resampled[0])
-    lo, hi = interval(value, resampled, n_seeds, log)
+    lo, hi = interval(value, resampled, n_seeds, log, df)
     return {"value": value, "lo": lo, "hi": hi}
 
 
@@ -196,7 +209,9 @@ def analyse(
             "delta": [_point_and_interval(deltas[:, r], n_seeds) for r in range(n_rungs)],
             "multiplier": [_point_and_interval(per_rung[:, r], n_seeds, log=True) for r in range(n_rungs)],
             "fit_multiplier": _point_and_interval(at_top, n_seeds, log=True),
-            "slope": _point_and_interval(trend, n_seeds),
+            "slope": _point_and_interval(
+                trend, n_seeds, df=slope_df(log_c, values[v] - values[baseline])
+            ),
         }  # fmt: skip
         s = answer["slope"]
         answer["trend"] = trend_verdict(float(np.mean(deltas[0])), s["lo"], s["hi"])
