@@ -462,8 +462,7 @@ def run_ladder_cmd(
     multiplier with a seed-bootstrap CI, whether the gap grows or shrinks with scale, and the fits
     extrapolated to the ladder's target.
 
-    Each rung is an ablation: finished runs are skipped, interrupted ones resume, edited ones
-    start over.
+    Each rung is an ablation: finished runs are skipped, interrupted ones resume, edited ones rerun.
     """
     from smollm.assets import config_file
     from smollm.ladder import load_ladder, run_ladder

@@ -61,10 +61,6 @@ class Ladder:
     rungs: tuple[str, ...] = ()
     _cache: dict = field(default_factory=dict, compare=False, repr=False)
 
-    @property
-    def baseline(self) -> str:
-        return self.rung(self.rungs[0]).baseline
-
     def rung(self, name: str) -> Ablation:
         """The rung's ablation: the base at the rung's shape, its token budget in steps."""
         if name not in self._cache:
@@ -82,7 +78,9 @@ class Ladder:
             check_mapping(spec, TARGET_KEYS, f"{self.path}: target:", "target")
             preset = ModelConfig.from_preset(str(spec.get("preset", "smollm2-135m")))
             shape = {k: getattr(preset, k) for k in SHAPE_FIELDS}
-            seq_len = int(spec.get("seq_len", 2048))
+            seq_len = spec.get("seq_len", 2048)
+            if not isinstance(seq_len, int) or isinstance(seq_len, bool) or seq_len < 2:
+                raise ConfigError(f"{self.path}: target.seq_len={seq_len!r}: an integer >= 2")
             rung = {"name": "target", "model": {**shape, "max_seq_len": seq_len, **(spec.get("model") or {})},
                     **({"tokens_per_param": spec["tokens_per_param"]} if "tokens_per_param" in spec else {})}  # fmt: skip
             self._cache["target"] = _rung_ablation(self, rung, {"data": {"seq_len": seq_len}})
@@ -111,6 +109,12 @@ def ladder_from_mapping(raw: dict, path: str | Path, overrides: list[str] | None
         if "name" not in rung:
             raise ConfigError(f"{path}: rungs[{i}]: give it a name")
         path_segment(str(rung["name"]), f"{path}: rung")  # a rung's name is a directory
+        if str(rung["name"]) == "summary":  # runs/<ladder>/summary/ is its W&B summary run
+            raise ConfigError(f"{path}: a rung cannot be named 'summary'")
+        if "model" in rung and not isinstance(rung["model"], dict):
+            raise ConfigError(
+                f"{path}: rung {rung['name']!r}: model: a mapping of ModelConfig fields"
+            )
         if ("model" in rung) == ("params" in rung):
             raise ConfigError(
                 f"{path}: rung {rung['name']!r}: give a model shape or params, one of them"

@@ -307,6 +307,18 @@ def _law(analysis: dict, i: int):
     return Law(*(np.array([law[k]["value"]]) for k in ("E", "A", "alpha")), analysis["c0"])
 
 
+def _log_axes(ax) -> None:
+    """Log x and y; the y labels as plain numbers (its range is narrow), x majors only."""
+    from matplotlib.ticker import FormatStrFormatter, NullFormatter
+
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    for axis in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
+        axis(FormatStrFormatter("%.2f"))
+    ax.grid(alpha=0.3, which="both")
+
+
 def plot_scaling(variants, compute, values, analysis, path: Path, title: str) -> None:
     """Bits per byte against compute per variant (log axes): seed means with their sd, fitted laws."""
     plt = pyplot()
@@ -318,12 +330,10 @@ def plot_scaling(variants, compute, values, analysis, path: Path, title: str) ->
                     markersize=4, label=name)  # fmt: skip
         if analysis:
             ax.plot(grid, _law(analysis, i).loss(grid), color=f"C{i % 10}", linewidth=1)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
+    _log_axes(ax)
     ax.set_xlabel("training compute C (FLOPs)")
     ax.set_ylabel("final validation bits per byte (mean ± sd over seeds)")
     ax.set_title(title)
-    ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     fig.tight_layout()
     save_figure(fig, path)
@@ -346,12 +356,10 @@ def plot_multiplier(variants, compute, analysis, baseline: int, path: Path, titl
         fitted = base.compute_for(_law(analysis, i).loss(grid)) / grid
         ax.plot(grid, fitted, color=f"C{i % 10}", linewidth=1, label=f"{name} (fits)")
     ax.axhline(1.0, color="grey", linewidth=1)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
+    _log_axes(ax)
     ax.set_xlabel("training compute C (FLOPs)")
     ax.set_ylabel(f"compute multiplier vs {variants[baseline]}")
     ax.set_title(title)
-    ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     fig.tight_layout()
     save_figure(fig, path)

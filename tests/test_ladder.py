@@ -141,6 +141,8 @@ def test_budget_warmup_lr_and_tracking_per_rung(tmp_path):
         (lambda t: t.replace("params: 30000", "params: 10"), "params=10"),
         (lambda t: t.replace("warmup_fraction: 0.25", "warmup_fraction: 1.5"), "warmup_fraction=1.5"),
         (lambda t: t.replace("target: {preset: smollm2-135m", "target: {preset: big"), "unknown model preset 'big'"),
+        (lambda t: t.replace("target: {preset: smollm2-135m, seq_len: 256}", "target: {seq_len: x}"), "target.seq_len='x'"),
+        (lambda t: t.replace("{name: b, params: 30000}", "{name: summary, params: 30000}"), "named 'summary'"),
     ],
 )  # fmt: skip
 def test_bad_ladder_files_are_one_line_and_write_nothing(tmp_path, edit, match):

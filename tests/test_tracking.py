@@ -123,3 +123,28 @@ def test_ablation_runs_and_its_summary_run_are_on_wandb(tmp_path):
     assert len(list((runs / "summary").glob("wandb/offline-run-*"))) == 1  # replaced, not added
     assert read_run(runs / "summary")["run"].run_id == first_id
     assert smol("results", "smoke", "--no-wandb", cwd=tmp_path).returncode == 0
+
+
+def test_a_ladders_runs_are_one_group_with_size_variant_and_seed(tmp_path):
+    """Every run of a ladder in the ladder's W&B group with size (the rung), variant and seed in
+    its config; the ladder's summary run carries summary.csv, the figures and the headline fits."""
+    from .test_ladder import tiny_ladder
+
+    path = tiny_ladder(tmp_path)
+    proc = smol("run", "ladder", str(path), "tracking.mode=offline", "--quiet", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = tmp_path / "runs" / "tiny"
+    for rung, variant, seed in (("a", "full", 0), ("c", "v1", 1)):
+        run = read_run(runs / rung / f"{variant}-s{seed}")
+        assert (run["run"].run_group, run["run"].job_type) == ("tiny", "ladder")
+        assert run["run"].display_name == f"{rung}-{variant}-s{seed}"
+        config = {i.key: json.loads(i.value_json) for i in run["run"].config.update}
+        assert (config["size"], config["variant"], config["seed"]) == (rung, variant, seed)
+    summary = read_run(runs / "summary")
+    assert (summary["run"].run_group, summary["run"].job_type) == ("tiny", "summary")
+    table = json.loads((summary["files"] / summary["summary"]["summary"]["path"]).read_text())
+    with (tmp_path / "results" / "tiny" / "summary.csv").open() as fh:
+        header, *rows = list(csv.reader(fh))
+    assert table["columns"] == header and len(table["data"]) == len(rows) == 6
+    assert {"scaling", "multiplier"} <= set(summary["summary"])
+    assert "v1/slope" in summary["summary"] and "full/slope" not in summary["summary"]
