@@ -417,12 +417,12 @@ def _check_launcher(launcher: str) -> None:
 def _report(outcomes: list[dict], name: str, submitted: bool, build) -> None:
     """The runs' outcomes as a table, then the results tables (`build()`), unless only submitted;
     exit 1 when a run did not finish."""
-    typer.echo(f"\n{'run':<28}{'status':<10}{'val loss':>10}{'bits/byte':>11}")
+    typer.echo(f"\n{'run':<24}{'status':<10}{'val loss':>10}{'bits/byte':>11}")
     for o in outcomes:
         loss = f"{o['val_loss']:.4f}" if o.get("val_loss") is not None else "—"
         bpb = f"{o['val_bpb']:.4f}" if o.get("val_bpb") is not None else "—"
         error = f"  {o['error']}" if o.get("error") else ""
-        typer.echo(f"{o['run']:<28}{o['status']:<10}{loss:>10}{bpb:>11}{error}")
+        typer.echo(f"{o['run']:<24}{o['status']:<10}{loss:>10}{bpb:>11}{error}")
     if submitted:
         typer.echo(f"submitted; `smol results {name}` writes the tables once they finish")
         return
