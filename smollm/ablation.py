@@ -471,8 +471,8 @@ def _experiment(ablation: Ablation, root: AblationDir, variant: Variant, seed: i
 
 
 def _done(ablation: Ablation, root: AblationDir, index: int) -> bool:
-    """Whether the index-th run is finished as the file now says (its vocabulary size, resolved
-    when it starts, aside)."""
+    """Whether the index-th run is finished as the file now says (its vocabulary size and the
+    digest of its init_from weights, resolved when it starts, aside)."""
     variant, seed = ablation.jobs()[index]
     run = root.run(variant.name, seed)
     try:
@@ -480,7 +480,7 @@ def _done(ablation: Ablation, root: AblationDir, index: int) -> bool:
         changes = run.experiment_changes(_experiment(ablation, root, variant, seed).to_dict())
     except RunDirError:
         return False
-    changes = [c for c in changes if not c.startswith("model.vocab_size:")]
+    changes = [c for c in changes if not c.startswith(("model.vocab_size:", "train.init_hash:"))]
     return summary is not None and summary["status"] == "finished" and not changes
 
 

@@ -395,6 +395,11 @@ class TrainConfig:
     eval_tasks: tuple[str, ...] = ()  # downstream tasks scored at each evaluation (smollm.evals)
     eval_limit: int = 0  # items per task (the first N of each split); 0 = all
     parallel: str = "ddp"  # ddp | fsdp (FSDP2, under torchrun or srun -n N): how ranks share
+    # weights to start from (what `smol eval --model` reads: a run dir, an HF dir, a Hub id, a
+    # .gguf); the optimizer and the schedule start fresh. init_hash: a digest of their content,
+    # resolved when the run starts, so a run's identity changes with the weights, not the path
+    init_from: str = ""
+    init_hash: str = ""
 
     def __post_init__(self) -> None:
         if self.parallel not in ("ddp", "fsdp"):

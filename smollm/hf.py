@@ -259,6 +259,27 @@ def load_pretrained(
     return model.to(device=device, dtype=dtype).eval()
 
 
+def state_digest(state: dict[str, torch.Tensor]) -> str:
+    """sha256 (16 hex digits) of weights' content: every tensor's name, shape, dtype and bytes."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().to("cpu").contiguous()
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]
+
+
+def initial_weights(src: str) -> tuple[dict[str, torch.Tensor], str]:
+    """The weights `train.init_from` names (whatever load_pretrained reads), in fp32 on the CPU,
+    and their digest."""
+    state = {
+        k: v.detach().float().contiguous() for k, v in load_pretrained(src).state_dict().items()
+    }
+    return state, state_digest(state)
+
+
 def save_pretrained(model: SmolLM, out_dir: str | os.PathLike) -> None:
     """config.json + model.safetensors, loadable by `transformers.AutoModelForCausalLM`."""
     from safetensors.torch import save_file

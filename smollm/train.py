@@ -152,6 +152,33 @@ def resolve_experiment(exp: ExperimentConfig, vocab_size: int) -> ExperimentConf
     return replace(exp, model=replace(exp.model, vocab_size=vocab_size))
 
 
+def _initial(exp: ExperimentConfig) -> tuple[ExperimentConfig, dict[str, torch.Tensor] | None]:
+    """`train.init_from`'s weights, and the experiment with their digest as `train.init_hash`."""
+    if not exp.train.init_from:
+        return replace(exp, train=replace(exp.train, init_hash="")), None
+    from smollm.hf import initial_weights
+
+    state, digest = initial_weights(exp.train.init_from)
+    return replace(exp, train=replace(exp.train, init_hash=digest)), state
+
+
+def init_weights(model: SmolLM, state: dict[str, torch.Tensor], src: str) -> None:
+    """Copy `state` into the model; names and shapes must be the model's (one line if not)."""
+    own = model.state_dict()
+    missing, extra = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    if missing or extra:
+        what = f"lack {missing[0]}" if missing else f"have {extra[0]}, which this model has not"
+        raise SmolError(f"train.init_from={src}: its weights {what}: a model of another design")
+    for name, tensor in own.items():
+        if tensor.shape != state[name].shape:
+            raise SmolError(
+                f"train.init_from={src}: {name} is {list(state[name].shape)} there and "
+                f"{list(tensor.shape)} here: the model's shape (and vocabulary) must be the weights'"
+            )
+    with torch.no_grad():
+        model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
+
+
 def restore(run: RunDir, exp: ExperimentConfig, model, optimizer, loader) -> tuple[int, int]:
     """Load the newest usable checkpoint into the objects; (step, tokens), or (0, 0) to start.
 
@@ -347,6 +374,7 @@ def train(
             _repair_records(run)
         cache, tok = _data(exp.data, ddp, progress)
         exp = resolve_experiment(exp, len(tok))  # before anything is compared or saved
+        exp, init = _initial(exp)
         changes = run.experiment_changes(exp.to_dict())
         if ddp.main and (replace == "always" or (replace == "if-changed" and changes)):
             if changes:
@@ -362,7 +390,7 @@ def train(
                 print(f"{run.path}: its tokenizer/ was missing; rebuilt", file=sys.stderr)
             return done
         try:
-            return _train(exp, run, cache, tok, ddp, device, progress, on_eval)
+            return _train(exp, run, cache, tok, ddp, device, progress, on_eval, init)
         except OSError as e:
             if not disk_full(e):
                 raise
@@ -408,15 +436,18 @@ class Session:
 
 
 def _build(
-    exp: ExperimentConfig, run: RunDir, cache, tok, ddp: Dist, device: torch.device
+    exp: ExperimentConfig, run: RunDir, cache, tok, ddp: Dist, device: torch.device, init=None
 ) -> Session:
-    """Model, optimizer and loader, seeded, then restored from the newest usable checkpoint."""
+    """Model (from `init`'s weights when given), optimizer and loader, seeded, then restored from
+    the newest usable checkpoint."""
     tc = exp.train
     micro, accum, max_steps = batch_plan(tc, exp.data.seq_len, ddp.world_size)
     check_memory(exp.model, micro, exp.data.seq_len, device, autocast_dtype(tc, device) is not None)
     torch.manual_seed(tc.seed)
     random.seed(tc.seed)
     model = SmolLM(exp.model).to(device)
+    if init is not None:  # before sharding; a checkpoint, when there is one, replaces them below
+        init_weights(model, init, tc.init_from)
     amp = autocast_dtype(tc, device)
     view = model if ddp.main else None
     if tc.parallel == "fsdp":  # before the optimizer, which must see the shards
@@ -439,9 +470,11 @@ def _build(
                    view)  # fmt: skip
 
 
-def _train(exp, run: RunDir, cache, tok, ddp: Dist, device, progress, on_eval) -> dict[str, Any]:
+def _train(
+    exp, run: RunDir, cache, tok, ddp: Dist, device, progress, on_eval, init
+) -> dict[str, Any]:
     """The loop proper: step; on their steps log, evaluate and checkpoint; then summarise."""
-    s = _build(exp, run, cache, tok, ddp, device)
+    s = _build(exp, run, cache, tok, ddp, device, init)
     tc = exp.train
     tracker = _start_tracking(run, exp, tok, s.step) if ddp.main else None
     peak = peak_flops(tc, device) * ddp.world_size

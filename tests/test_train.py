@@ -423,3 +423,61 @@ def test_fsdp_equals_ddp_and_its_checkpoint_resumes_at_another_world_size(tmp_pa
         alone.returncode == 2 and "train.parallel=fsdp needs a distributed launch" in alone.stderr
     )
     assert len(alone.stderr.strip().splitlines()) == 1
+
+
+def test_init_from_a_run_starts_from_its_weights_and_their_content_is_the_identity(
+    tmp_path, corpus
+):
+    """`train.init_from` = a run directory: the new run starts from its final weights (the
+    optimizer fresh); the identity holds the weights' digest, so retraining the source (same
+    path, new content) makes the continuation another experiment; a shape that differs is one
+    line naming the tensor."""
+    from smollm.hf import initial_weights
+    from smollm.rundir import RunDirError
+
+    source = tmp_path / "source"
+    train(load_experiment(tiny_args(corpus, "train.max_steps=6")), source, progress=False)
+    # lr 1e-12 for one step: the weights stay the source's to well within float noise
+    cont = load_experiment(tiny_args(corpus, "train.max_steps=1", "train.lr=1e-12",
+                                     "train.warmup_steps=0", f"train.init_from={source}"))  # fmt: skip
+    summary = train(cont, tmp_path / "cont", progress=False)
+    before, after = final_weights(source), final_weights(tmp_path / "cont")
+    for name, tensor in before.items():
+        torch.testing.assert_close(after[name], tensor, rtol=0, atol=1e-6)
+    _, digest = initial_weights(str(source))
+    assert summary["config"]["train"]["init_hash"] == digest and len(digest) == 16
+    fresh = train(load_experiment(tiny_args(corpus, "train.max_steps=1", "train.lr=1e-12",
+                                            "train.warmup_steps=0")), tmp_path / "fresh", progress=False)  # fmt: skip
+    assert fresh["val_loss"] > summary["val_loss"] + 0.5  # random weights score far worse
+
+    train(
+        load_experiment(tiny_args(corpus, "train.max_steps=8")),
+        source,
+        progress=False,
+        replace="always",
+    )  # fmt: skip (the same path now holds other weights)
+    with pytest.raises(RunDirError, match="train.init_hash"):  # the same config, other weights
+        train(cont, tmp_path / "cont", progress=False)
+    wide = smol("train", str(write_experiment(tmp_path, corpus)), "model.dim=128",
+                f"train.init_from={source}", "--run-dir", str(tmp_path / "wide"), cwd=tmp_path)  # fmt: skip
+    assert wide.returncode == 2 and "Traceback" not in wide.stderr, wide.stderr[-2000:]
+    assert "train.init_from=" in wide.stderr and "model.embed_tokens.weight is [" in wide.stderr
+    assert len(wide.stderr.strip().splitlines()) == 1
+    gone = smol("train", str(write_experiment(tmp_path, corpus)), "train.init_from=/nonexistent/w",
+                "--run-dir", str(tmp_path / "gone"), cwd=tmp_path)  # fmt: skip
+    assert gone.returncode == 2 and "no such file or directory" in gone.stderr
+
+
+def write_experiment(tmp_path: Path, corpus) -> Path:
+    """The tiny experiment as a YAML file (for `smol train`)."""
+    import yaml
+
+    from smollm.experiment import nest
+
+    path = tmp_path / "tiny.yaml"
+    flat = {}
+    for item in tiny_args(corpus, "train.max_steps=2"):
+        key, value = item.split("=", 1)
+        flat[key] = yaml.safe_load(value)
+    path.write_text(yaml.safe_dump(nest(flat)))
+    return path
