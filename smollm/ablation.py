@@ -85,8 +85,16 @@ class Source:
 @dataclass(frozen=True)
 class Variant:
     name: str
-    preset: str
+    preset: str = ""  # "": the base's own model preset (a variant that changes data or training)
     overrides: tuple[str, ...] = ()
+    sections: str = "{}"  # its model/data/train mapping, as JSON (a frozen dataclass holds no dict)
+
+    def layers(self) -> list:
+        """What the variant lays over the base: its preset, its sections, its overrides."""
+        import json
+
+        preset = [{"model": {"preset": self.preset}}] if self.preset else []
+        return [*preset, json.loads(self.sections), list(self.overrides)]
 
 
 @dataclass(frozen=True)
@@ -120,8 +128,8 @@ class Ablation:
                     "name": "-".join(filter(None, [self.size, variant.name, f"s{seed}"])),
                     "job_type": "ladder" if self.size else "ablation",
                     "tags": [t for t in (variant.name, self.size) if t]}  # fmt: skip
-        layers = [{"model": {"preset": variant.preset}, "train": {"seed": seed}},
-                  list(variant.overrides), nest(tuned or {}), {"tracking": tracking}]  # fmt: skip
+        layers = [*variant.layers(), {"train": {"seed": seed}}, nest(tuned or {}),
+                  {"tracking": tracking}]  # fmt: skip
         exp = to_experiment(merge(self.base, layers))
         if self.match == "none" or variant.name == self.baseline:
             return exp
@@ -140,8 +148,8 @@ class Ablation:
             "job_type": "tune",
             "variant": variant.name,
         }
-        layers = [{"model": {"preset": variant.preset}}, list(variant.overrides),
-                  list(self.tune.get("overrides") or []), {"tracking": tracking}]  # fmt: skip
+        layers = [*variant.layers(), list(self.tune.get("overrides") or []),
+                  {"tracking": tracking}]  # fmt: skip
         spec = {k: v for k, v in self.tune.items() if k != "overrides"}
         return sweep_from_mapping(
             spec,
@@ -155,14 +163,30 @@ class Ablation:
         return [(v, s) for v in self.variants for s in self.seeds]
 
 
+VARIANT_KEYS = {"name", "preset", "overrides", "model", "data", "train"}
+
+
 def _variant(spec: Any) -> Variant:
+    """A preset name, or {name, preset?, model?, data?, train?, overrides?}: a model preset, or a
+    change of data or training (e.g. {name: chat, data: {corpus: chitchat}}) on the base's model."""
+    import json
+
     if isinstance(spec, str):
         return Variant(spec, spec)
-    if isinstance(spec, dict) and set(spec) <= {"name", "preset", "overrides"} and "preset" in spec:
-        return Variant(
-            spec.get("name", spec["preset"]), spec["preset"], tuple(spec.get("overrides") or ())
-        )
-    raise ConfigError(f"variant {spec!r}: give a preset name or {{name, preset, overrides}}")
+    ok = (
+        isinstance(spec, dict)
+        and set(spec) <= VARIANT_KEYS
+        and ("preset" in spec or "name" in spec)
+    )
+    sections = {k: spec[k] for k in ("model", "data", "train") if k in spec} if ok else {}
+    if ok and all(isinstance(v, dict) for v in sections.values()):
+        name = str(spec.get("name", spec.get("preset")))
+        return Variant(name, str(spec.get("preset") or ""), tuple(spec.get("overrides") or ()),
+                       json.dumps(sections, sort_keys=True))  # fmt: skip
+    raise ConfigError(
+        f"variant {spec!r}: give a preset name or {{name, preset, model, data, train, overrides}} "
+        "(a preset or a name; sections are mappings)"
+    )
 
 
 def _swept(spec: Any) -> dict[str, Any]:

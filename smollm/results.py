@@ -46,7 +46,7 @@ def load_runs(root: AblationDir) -> dict[str, dict[int, dict[str, Any]]]:
     ablation = root.read_spec()
     runs: dict[str, dict[int, dict[str, Any]]] = {}
     for spec in ablation["variants"]:
-        name = spec if isinstance(spec, str) else spec.get("name", spec["preset"])
+        name = spec if isinstance(spec, str) else str(spec.get("name") or spec.get("preset"))
         runs[name] = {
             int(seed): _run_record(root.run(name, int(seed)))
             for seed in ablation.get("seeds") or [0]
@@ -378,6 +378,33 @@ def _lr_sources(root: AblationDir, spec: dict[str, Any], variants) -> dict[str, 
     return {}
 
 
+VALIDATION_FIELDS = (
+    "corpus",
+    "text_field",
+    "val_fraction",
+    "max_docs",
+)  # what decides the held-out text
+
+
+def _validation_note(runs: dict[str, dict[int, dict[str, Any]]], baseline: str) -> list[str]:
+    """A warning when a variant (a data variant) was scored on other held-out text than the
+    baseline: its Δ then mixes which text is easier with which training is better."""
+
+    def held_out(seeds: dict[int, dict[str, Any]]) -> dict | None:
+        configs = [r["summary"].get("config") for r in seeds.values() if r["summary"].get("config")]
+        return {k: configs[0]["data"].get(k) for k in VALIDATION_FIELDS} if configs else None
+
+    base = held_out(runs.get(baseline, {}))
+    other = [name for name, seeds in runs.items()
+             if base is not None and (mine := held_out(seeds)) is not None and mine != base]  # fmt: skip
+    if not other:
+        return []
+    were = "was" if len(other) == 1 else "were"
+    return [f"**Other validation text:** {', '.join(f'`{v}`' for v in other)} {were} trained on other data "
+            f"and scored on {'its' if len(other) == 1 else 'their'} own corpus' held-out split, not "
+            f"`{baseline}`'s: the Δ compares different text as well as different training.", ""]  # fmt: skip
+
+
 def _wandb_note(runs: dict[str, dict[int, dict[str, Any]]], ablation: str) -> list[str]:
     """Where the same runs are on W&B (when they were tracked there)."""
     configs = [r["summary"].get("config", {}) for seeds in runs.values() for r in seeds.values()]
@@ -418,7 +445,7 @@ def build_results(ablation: str, runs_root: Path, out_root: Path, publish: bool 
         "description": spec.get("description", ""),
         "match": spec.get("match", "none"),
         "provenance": provenance(root),
-        "notes": _wandb_note(runs, ablation),
+        "notes": _validation_note(runs, baseline) + _wandb_note(runs, ablation),
     }
     plot_forest(
         rows, baseline, out / "forest.png", f"{ablation}: paired differences from {baseline}"

@@ -439,3 +439,26 @@ def test_a_matched_ablation_trains_each_variant_at_the_baselines_size(tmp_path):
     bad.write_text(SMOKE.read_text() + "match: size\n")
     with pytest.raises(ConfigError, match="match: 'size': choose none, params, flops"):
         load_ablation(bad)
+
+
+def test_a_variant_can_change_data_or_training_instead_of_the_model(tmp_path):
+    """{name, data: {...}} and {name, train: {...}} variants keep the base's model (its preset) and
+    change only their section; with `train.init_from` shared, that is an annealing ablation."""
+    path = tmp_path / "data.yaml"
+    path.write_text(SMOKE.read_text().replace("name: smoke", "name: data").replace(
+        "  - full\n  - v1\n",
+        "  - full\n  - {name: chat, data: {corpus: chitchat}}\n  - {name: hot, train: {lr: 0.01}, overrides: [train.warmup_steps=1]}\n",
+    ))  # fmt: skip
+    ablation = load_ablation(path)
+    full, chat, hot = (ablation.experiment(v, 1) for v in ablation.variants)
+    assert chat.data.corpus == "chitchat" and chat.model == full.model and chat.train == full.train
+    assert hot.train.lr == 0.01 and hot.train.warmup_steps == 1 and hot.data == full.data
+    assert (chat.tracking.variant, hot.tracking.name) == ("chat", "hot-s1")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(SMOKE.read_text().replace("  - v1\n", "  - {name: x, data: 5}\n"))
+    with pytest.raises(ConfigError, match="sections are mappings"):
+        load_ablation(bad)
+    proc = smol("run", "ablation", str(bad), "--runs-dir", "runs", cwd=tmp_path)
+    assert (
+        proc.returncode == 2 and "Traceback" not in proc.stderr and not (tmp_path / "runs").exists()
+    )

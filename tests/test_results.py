@@ -29,3 +29,14 @@ def test_minimum_detectable_effect_and_ci():
     assert min_detectable(1.0, 10) == pytest.approx((2.262157 + 0.883404) / math.sqrt(10), rel=1e-5)
     m, ci = mean_ci([1.0, 2.0, 3.0, 4.0, 5.0])
     assert m == 3.0 and ci == pytest.approx(2.776445 * math.sqrt(2.5) / math.sqrt(5), rel=1e-6)
+
+
+def test_a_variant_scored_on_other_validation_text_is_flagged():
+    from smollm.results import _validation_note
+
+    def runs(corpus):
+        return {0: {"summary": {"config": {"data": {"corpus": corpus, "val_fraction": 0.05}}}}}
+
+    assert _validation_note({"full": runs("sotu"), "v1": runs("sotu")}, "full") == []
+    note = _validation_note({"full": runs("sotu"), "chat": runs("chitchat")}, "full")
+    assert "`chat` was trained on other data" in note[0] and "not `full`'s" in note[0]
