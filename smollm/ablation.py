@@ -114,9 +114,8 @@ class Ablation:
     # FLOPs per token) equal the baseline's, rounded to a multiple of match_multiple
     match: str = "none"
     match_multiple: int = 8
-    size: str = (
-        ""  # a ladder's rung: its runs' W&B group is the ladder's, with `size` in the config
-    )
+    # a ladder's rung: its runs' W&B group is the ladder's (`group`), with `size` in the config
+    size: str = ""
     group: str = ""  # W&B group (default: the name)
 
     def experiment(

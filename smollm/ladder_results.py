@@ -382,6 +382,7 @@ def build_ladder_results(name: str, runs_root: Path, out_root: Path, publish: bo
     fitted, seeds, compute, bpb, loss = fit_inputs(runs, variants)
     analysis = loss_analysis = None
     meta: dict[str, Any] = {
+        "runs": runs,
         "baseline": baseline,
         "fitted": fitted,
         "match": spec.get("match", "none"),
@@ -446,7 +447,7 @@ def write_ladder_markdown(root: LadderDir, spec: dict, rows, fits, meta: dict, p
             *_resolves(fits, rows, meta),
             "",
         ]
-        lines += _wandb_lines(root, rows)
+        lines += _wandb_lines(root, meta["runs"])
         lines += [
             "![bits per byte against compute](scaling.png) ![compute multiplier](multiplier.png)",
             "",
@@ -457,7 +458,12 @@ def write_ladder_markdown(root: LadderDir, spec: dict, rows, fits, meta: dict, p
     path.write_text("\n".join(lines))
 
 
-def _wandb_lines(root: LadderDir, rows) -> list[str]:
+def _wandb_lines(root: LadderDir, runs) -> list[str]:
+    """Where the runs are on W&B, when they were tracked there."""
+    modes = [(x["summary"].get("config") or {}).get("tracking", {}).get("mode")
+             for by in runs.values() for seeds in by.values() for x in seeds.values()]  # fmt: skip
+    if all(m in (None, "disabled") for m in modes):
+        return []
     return [f"**On W&B:** group `{root.name}`: one run per `<rung>-<variant>-s<seed>`, with `size` (the rung), "
             "`variant` and `seed` in its config, and the tables in the run "
             f"`{root.name}-summary`.", ""]  # fmt: skip

@@ -145,13 +145,20 @@ def test_budget_warmup_lr_and_tracking_per_rung(tmp_path):
         (lambda t: t.replace("{name: b, params: 30000}", "{name: summary, params: 30000}"), "named 'summary'"),
     ],
 )  # fmt: skip
-def test_bad_ladder_files_are_one_line_and_write_nothing(tmp_path, edit, match):
-    path = tiny_ladder(tmp_path, edit(TINY))
+def test_bad_ladder_files_are_refused_before_anything_runs(tmp_path, edit, match):
     with pytest.raises(SmolError, match=match):
-        load_ladder(path)
-    proc = smol("run", "ladder", str(path), "--runs-dir", "runs", cwd=tmp_path)
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
-    assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "runs").exists()
+        load_ladder(tiny_ladder(tmp_path, edit(TINY)))  # run_ladder writes nothing before this
+
+
+def test_a_bad_ladder_file_is_one_line_and_writes_nothing(tmp_path):
+    for bad in ("tokens_per_param: -1", "lr_rule: sqrt"):
+        key = bad.split(":")[0]
+        text = "\n".join(bad if line.startswith(key + ":") else line for line in TINY.splitlines())
+        proc = smol(
+            "run", "ladder", str(tiny_ladder(tmp_path, text)), "--runs-dir", "runs", cwd=tmp_path
+        )
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "runs").exists()
 
 
 def stable(path: Path) -> str:
@@ -175,6 +182,7 @@ def test_a_ladder_killed_midway_resumes_and_refits_to_identical_tables(tmp_path)
     md = (out / "summary.md").read_text()
     assert "## Fits" in md and "compute multiplier" in md and "an extrapolation" in md
     assert "| b | v1 | 2/2 |" in md and "What this resolves" in md
+    assert "On W&B" not in md  # tracking disabled: nothing on W&B to point to
     # killed in the middle of rung b (its first run has a checkpoint), with two workers
     proc = subprocess.Popen([sys.executable, "-m", "smollm.cli", "run", "ladder", str(path), "--runs-dir", "runs",
                              "--results-dir", "results", "--quiet", "--workers", "2"],
