@@ -119,8 +119,11 @@ def _union(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{k: r.get(k) for k in keys} for r in rows]
 
 
-def _piv(d: dict | None, key: str = "value") -> float | None:
-    return None if d is None else d[key]
+def _flat(key: str, part: dict | None) -> dict[str, float | None]:
+    """A {value, lo, hi} as three columns: key, key_lo, key_hi (None when absent); `_part` reads
+    them back."""
+    return {f"{key}{end}": None if part is None else part[k]
+            for end, k in (("", "value"), ("_lo", "lo"), ("_hi", "hi"))}  # fmt: skip
 
 
 def rung_rows(runs, baseline: str, analysis: dict | None, fitted: list[str], variants: list[str]):
@@ -135,8 +138,7 @@ def rung_rows(runs, baseline: str, analysis: dict | None, fitted: list[str], var
                 vs = analysis["vs"][variants.index(row["variant"])]
                 mult = vs["multiplier"][fitted.index(rung)]
             rows.append({"rung": rung, **row, "compute": compute_of(ok[0]) if ok else None,
-                         "multiplier": _piv(mult), "multiplier_lo": _piv(mult, "lo"),
-                         "multiplier_hi": _piv(mult, "hi")})  # fmt: skip
+                         **_flat("multiplier", mult)})  # fmt: skip
     return _union(rows)
 
 
@@ -148,13 +150,10 @@ def fit_rows(analysis: dict, loss_analysis: dict, variants: list[str], baseline:
         row: dict[str, Any] = {"variant": name}
         for unit, a in (("bpb", analysis), ("loss", loss_analysis)):
             for k, v in a["laws"][i].items():
-                row.update({f"{k}_{unit}": v["value"], f"{k}_{unit}_lo": v["lo"], f"{k}_{unit}_hi": v["hi"]})  # fmt: skip
+                row.update(_flat(f"{k}_{unit}", v))
         vs = analysis["vs"].get(i)
         for key in ("fit_multiplier", "slope", "target_delta", "target_multiplier"):
-            part = (vs or {}).get(key)
-            row.update(
-                {key: _piv(part), f"{key}_lo": _piv(part, "lo"), f"{key}_hi": _piv(part, "hi")}
-            )
+            row.update(_flat(key, (vs or {}).get(key)))
         row["trend"] = vs["trend"] if vs else "baseline"
         row["verdict"] = vs["verdict"] if vs else "baseline"
         rows.append(row)
@@ -196,11 +195,10 @@ def _rung_table(rows: list[dict], baseline: str) -> list[str]:
         name = r["variant"] + (f" ({r['failed']})" if r["failed"] else "")
         sd = f" ({r['val_bpb_sd']:.4f})" if r["val_bpb_sd"] is not None else ""
         lr = f"{r['lr']:.3g}" if r["lr"] else "—"
-        mult = {"value": r["multiplier"], "lo": r["multiplier_lo"], "hi": r["multiplier_hi"]}
         delta = "baseline" if base else _fmt(r["delta_bpb_vs_baseline"], r["delta_bpb_ci95"])
         p = "—" if base else _p(r["delta_bpb_p_holm"])
         mark = "✓" if not base and r["resolved"] else ""
-        multiplier = "—" if base or r["multiplier"] is None else _ratio(mult)
+        multiplier = "—" if base or r["multiplier"] is None else _ratio(_part(r, "multiplier"))
         lines.append(
             f"| {r['rung']} | {name} | {r['seeds']} | {num(r['parameters'])} ({num(r['non_embedding_parameters'])}) | "
             f"{num(r['flops_per_token'])} | {num(r['tokens'])} | {_sci(r['compute'])} | {lr} | "
