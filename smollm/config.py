@@ -337,6 +337,15 @@ class DataConfig:
         None  # cap on documents read (Hub corpora: cache this many instead of streaming)
     )
     stream: bool = False  # tokenise on the fly in a background worker instead of caching
+    # A mixture of corpora instead of `corpus` (smollm.data.mixture): {source: weight}, blocks
+    # drawn in proportion; a source of weight 0 is only validated on. `schedule`: earlier stages,
+    # [{until_tokens: N, weights: {...}}, ...], each in force until N tokens have been drawn; the
+    # mixture's weights hold after the last. `val_weights`: how the headline bpb averages the
+    # sources' bpb (default: the mixture's weights); give every variant of a data ablation the
+    # same, so their headline numbers score the same text.
+    mixture: dict[str, float] | None = None
+    schedule: tuple[dict[str, Any], ...] | None = None
+    val_weights: dict[str, float] | None = None
 
     def __post_init__(self) -> None:
         # max_docs >= 2: one document for training and one for validation
@@ -344,6 +353,57 @@ class DataConfig:
                                     "max_docs": "[2, inf)"})  # fmt: skip
         if not self.corpus:
             raise ConfigError("data.corpus is empty")
+        if self.mixture is None:
+            if self.schedule or self.val_weights:
+                raise ConfigError("data.schedule and data.val_weights need a data.mixture")
+            return
+        sources = _weights("data.mixture", self.mixture, None)
+        object.__setattr__(self, "mixture", sources)
+        stages, last = [], 0
+        for i, stage in enumerate(self.schedule or ()):
+            where = f"data.schedule[{i}]"
+            if not isinstance(stage, dict) or set(stage) != {"until_tokens", "weights"}:
+                raise ConfigError(f"{where}: expected {{until_tokens: N, weights: {{source: w}}}}")
+            until = stage["until_tokens"]
+            if isinstance(until, bool) or not isinstance(until, int) or until <= last:
+                raise ConfigError(f"{where}.until_tokens={until!r}: must be an integer above "
+                                  f"{last} (the stages' steps go forward)")  # fmt: skip
+            stages.append({"until_tokens": until,
+                           "weights": _weights(f"{where}.weights", stage["weights"], sources)})  # fmt: skip
+            last = until
+        object.__setattr__(self, "schedule", tuple(stages) or None)
+        if self.val_weights is not None:
+            object.__setattr__(
+                self, "val_weights", _weights("data.val_weights", self.val_weights, sources)
+            )
+        if self.stream:
+            raise ConfigError(
+                "data.stream does not combine with data.mixture: its sources are cached"
+            )
+
+
+def _weights(where: str, weights: Any, sources: dict[str, float] | None) -> dict[str, float]:
+    """{source: weight} checked: a non-empty mapping of finite weights >= 0 summing above 0,
+    naming only the mixture's sources (when `sources` is given)."""
+    import math
+
+    if not isinstance(weights, dict) or not weights:
+        raise ConfigError(
+            f"{where}: expected a mapping of source name to weight, e.g. {{sotu: 0.5, wiki: 0.5}}"
+        )
+    out = {}
+    for name, w in weights.items():
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
+            raise ConfigError(f"{where}.{name}={w!r}: a weight must be a number >= 0")
+        if sources is not None and name not in sources:
+            raise ConfigError(f"{where}: {name!r} is not one of data.mixture's sources "
+                              f"({', '.join(sources)})")  # fmt: skip
+        out[str(name)] = float(w)
+    if sum(out.values()) <= 0:
+        raise ConfigError(
+            f"{where}: the weights sum to 0; give at least one source a weight above 0"
+        )
+    return out
 
 
 # Every numeric TrainConfig field's valid range. grad_clip > 0: a negative max-norm flips the
@@ -396,7 +456,7 @@ class TrainConfig:
     eval_limit: int = 0  # items per task (the first N of each split); 0 = all
     parallel: str = "ddp"  # ddp | fsdp (FSDP2, under torchrun or srun -n N): how ranks share
     # weights to start from (what `smol eval --model` reads: a run dir, an HF dir, a Hub id, a
-    # .gguf); the optimizer and the schedule start fresh. init_hash: a digest of their content,
+    # .gguf; `smollm2`: the packaged SmolLM2-135M weights); the optimizer and the schedule start fresh. init_hash: a digest of their content,
     # resolved when the run starts, so a run's identity changes with the weights, not the path
     init_from: str = ""
     init_hash: str = ""

@@ -85,8 +85,8 @@ def config_error(e: OmegaConfBaseException) -> ConfigError:
 
 def parse_override(item: str) -> tuple[str, Any]:
     """'train.lr=3e-4' -> ('train.lr', 0.0003): the value is a YAML scalar or list, except that a
-    value YAML would silently cut or reshape (a ' #' comment, a 'key: value' mapping) stays the
-    literal string, so `data.corpus=/data/c #1` means that path."""
+    value YAML would silently cut or reshape (a ' #' comment, an unbraced 'key: value') stays the
+    literal string, so `data.corpus=/data/c #1` means that path; a braced `{a: 1}` is a mapping."""
     import yaml
 
     key, sep, raw = item.partition("=")
@@ -101,7 +101,9 @@ def parse_override(item: str) -> tuple[str, Any]:
         return key, raw
     if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
         return key, float(value)  # YAML 1.1 reads 3e-4 (no dot) as a string
-    return key, raw if isinstance(value, dict) else value
+    if isinstance(value, dict) and not raw.strip().startswith("{"):
+        return key, raw  # 'a: b' unbraced is text; '{sotu: 0.5, wiki: 0.5}' is a mapping
+    return key, value
 
 
 _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)")
@@ -163,17 +165,33 @@ def load_yaml(path: str | Path, kind: str = "config") -> Any:
 def merge(base: Any, sources: list[Any]) -> Any:
     """Merge YAML files (paths), dicts and dotlists (lists of key=value) onto a structured base."""
     try:
-        parts = [base]
+        merged = base
         for src in sources:
-            if isinstance(src, (str, Path)):
-                parts.append(load_yaml(src))
-            elif isinstance(src, list):
-                parts.append(OmegaConf.create(nest(dict(parse_override(s) for s in src))))
-            else:
-                parts.append(OmegaConf.create(src))
-        return OmegaConf.merge(*parts)
+            if isinstance(src, list):  # key=value items change single weights: merged
+                part = OmegaConf.create(nest(dict(parse_override(s) for s in src)))
+                merged = OmegaConf.merge(merged, part)
+                continue
+            part = load_yaml(src) if isinstance(src, (str, Path)) else OmegaConf.create(src)
+            merged = OmegaConf.merge(_cleared(merged, part), part)
+        return merged
     except OmegaConfBaseException as e:
         raise config_error(e) from None
+
+
+# mappings a later file or mapping replaces whole rather than merges into (a variant's mixture is
+# its own, not the base's with some weights changed); a key=value override still changes one weight
+REPLACED = (("data", "mixture"), ("data", "val_weights"))
+
+
+def _cleared(merged: Any, part: Any) -> Any:
+    """`merged` with every REPLACED key that `part` sets emptied first."""
+    hits = [(s, k) for s, k in REPLACED if k in (part.get(s) or {}) and s in merged]
+    if not hits:
+        return merged
+    merged = merged.copy()
+    for section, key in hits:
+        merged[section][key] = None
+    return merged
 
 
 def to_experiment(cfg: Any) -> ExperimentConfig:
