@@ -222,6 +222,8 @@ def _unreadable(path: Path, read: Any) -> Any:
 
 
 def _resolve(src: str) -> Path:
+    if src == "smollm2":  # the packaged SmolLM2-135M weights, wherever setup installed them
+        return assets.packaged_gguf()
     path = Path(src).expanduser()
     if path.exists():
         return path

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import math
 import random
+import shutil
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -48,6 +49,7 @@ from smollm.config import (
     flops_per_token,
 )
 from smollm.data import BlockLoader, evaluate, make_loader, prepare
+from smollm.data.mixture import sources as mixture_sources
 from smollm.evals import Downstream, metric_row
 from smollm.generation import generate
 from smollm.model import SmolLM
@@ -317,17 +319,25 @@ def evaluate_and_sample(s: Session, cache, tok, exp: ExperimentConfig, tracker: 
         "val/loss": round(val.loss, 6),
         "val/ppl": round(val.perplexity, 4),
         "val/bpb": round(val.bits_per_byte, 6),
+        **{f"val/{name}/{k}": round(getattr(r, attr), 6) for name, r in val.sources.items()
+           for k, attr in (("loss", "loss"), ("bpb", "bits_per_byte"))},
         **metric_row(scores),
-    }
+    }  # fmt: skip
     tracker.log("metrics", row)
     tracker.log_samples(s.step, s.tokens, sample(s.view, tok, tc.sample_tokens, tc.seed))
     return val, scores
 
 
-def _data(data: DataConfig, ddp: Dist, progress: bool):
-    """The token cache and tokenizer; under DDP rank 0 builds the cache while the others wait."""
+def _data(data: DataConfig, ddp: Dist, progress: bool, run: RunDir, fresh: bool):
+    """The token cache and tokenizer; under DDP rank 0 builds the cache while the others wait.
+    Data that cannot be read leaves no run directory behind when this run created it."""
     if ddp.main:
-        cache, tok = prepare(data, progress=progress)
+        try:
+            cache, tok = prepare(data, progress=progress)
+        except SmolError:
+            if fresh:
+                shutil.rmtree(run.path, ignore_errors=True)
+            raise
     if ddp.world_size > 1:
         dist.barrier()
     if not ddp.main:
@@ -369,10 +379,13 @@ def train(
     ddp = init_distributed("cuda" if wants_cuda else "cpu")
     check_parallel(exp.train.parallel, ddp.world_size)
     device = resolve_device(exp.train.device, ddp.local_rank)
+    if exp.data.mixture is not None:
+        mixture_sources(exp.data)  # an unknown source is one line before anything is written
+    fresh = not run.path.exists()
     with run.lock() if ddp.main else contextlib.nullcontext():
         if ddp.main:
             _repair_records(run)
-        cache, tok = _data(exp.data, ddp, progress)
+        cache, tok = _data(exp.data, ddp, progress, run, fresh)
         exp = resolve_experiment(exp, len(tok))  # before anything is compared or saved
         exp, init = _initial(exp)
         changes = run.experiment_changes(exp.to_dict())
@@ -520,6 +533,10 @@ def _train(
     if val is None:  # resumed from the final checkpoint: its evaluation (not logged again)
         val, scores = score(s, cache, exp)
     summary = _summary(run, exp, s.view, s.step, s.tokens, val)
+    if val is not None and val.sources:  # a mixture: each source's result, epochs seen of each
+        summary["val_sources"] = {n: {"loss": r.loss, "bpb": r.bits_per_byte, "tokens": r.tokens}
+                                  for n, r in val.sources.items()}  # fmt: skip
+        summary["epochs"] = s.loader.epochs_seen()
     return tracker.finish("finished", **summary, **({"eval": scores} if scores else {}))
 
 
@@ -528,10 +545,16 @@ def _log(
 ) -> None:
     """One metrics row (deterministic) and one perf row (timing)."""
     tracker.log("metrics", {"step": s.step, "tokens": s.tokens, "train/loss": round(loss, 6), "lr": lr,
-                            "grad_norm": round(norm, 6), "epoch": s.loader.epoch})  # fmt: skip
+                            "grad_norm": round(norm, 6), "epoch": s.loader.epoch, **_epochs(s.loader)})  # fmt: skip
     perf = meter.row(s.step, s.tokens)
     tracker.log("perf", perf)
     bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{perf['tokens_per_s']:,.0f}")
+
+
+def _epochs(loader) -> dict[str, float]:
+    """A mixture's epochs seen per source (`epochs/<source>`); nothing for one corpus."""
+    seen = getattr(loader, "epochs_seen", None)
+    return {f"epochs/{name}": n for name, n in seen().items()} if seen else {}
 
 
 @contextlib.contextmanager

@@ -2,14 +2,16 @@
 
 from smollm.data.corpora import CorpusError, resolve_corpus
 from smollm.data.evaluate import EvalResult, evaluate
-from smollm.data.loader import BlockLoader, StreamLoader, make_loader, validation_blocks
-from smollm.data.tokencache import CacheError, TokenCache, open_cache, prepare, train_documents
+from smollm.data.loader import BlockLoader, StreamLoader, validation_blocks
+from smollm.data.mixture import Mixture, make_loader, prepare
+from smollm.data.tokencache import CacheError, TokenCache, open_cache, train_documents
 
 __all__ = [
     "BlockLoader",
     "CacheError",
     "CorpusError",
     "EvalResult",
+    "Mixture",
     "StreamLoader",
     "TokenCache",
     "evaluate",

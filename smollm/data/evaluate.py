@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from smollm.data.loader import gather, validation_blocks
+from smollm.data.mixture import Mixture
 from smollm.data.tokencache import TokenCache
 
 
@@ -19,18 +20,41 @@ class EvalResult:
     perplexity: float
     bits_per_byte: float  # nats of text tokens / ln 2 / their UTF-8 bytes (special tokens excluded)
     tokens: int
+    # a mixture's: each source's own result; loss and bits_per_byte above are their weighted mean
+    sources: dict[str, EvalResult] = field(default_factory=dict)
 
 
-@torch.no_grad()
 def evaluate(
     model,
-    cache: TokenCache,
+    cache,
     seq_len: int,
     batch_size: int = 8,
     max_blocks: int | None = None,
     autocast_dtype: torch.dtype | None = None,
 ) -> EvalResult:
-    """Evaluate `model` on the fixed validation blocks of `cache`."""
+    """Evaluate `model` on the fixed validation blocks of `cache`; of a mixture, on each source's
+    (up to `max_blocks` each), averaged with the mixture's validation weights."""
+    if not isinstance(cache, Mixture):
+        return _evaluate(model, cache, seq_len, batch_size, max_blocks, autocast_dtype)
+    each = {name: _evaluate(model, c, seq_len, batch_size, max_blocks, autocast_dtype)
+            for name, c in cache.caches.items()}  # fmt: skip
+    total = sum(cache.val_weights.values())
+    w = {name: cache.val_weights.get(name, 0.0) / total for name in each}
+    loss = sum(w[n] * r.loss for n, r in each.items())
+    bpb = sum(w[n] * r.bits_per_byte for n, r in each.items())
+    tokens = sum(r.tokens for r in each.values())
+    return EvalResult(loss, math.exp(min(loss, 50.0)), bpb, tokens, each)
+
+
+@torch.no_grad()
+def _evaluate(
+    model,
+    cache: TokenCache,
+    seq_len: int,
+    batch_size: int,
+    max_blocks: int | None,
+    autocast_dtype: torch.dtype | None,
+) -> EvalResult:
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device

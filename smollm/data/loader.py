@@ -38,6 +38,38 @@ def gather(
     return t[:, :-1], t[:, 1:]
 
 
+class Epochs:
+    """One split's blocks in shuffled epochs: `take(n)` hands out the next n (shard, start) rows
+    of the epoch's permutation, starting the next epoch (and dropping the remainder) when fewer
+    than n are left. The permutation of epoch e is seeded by (*key, e)."""
+
+    def __init__(self, shards: list[np.ndarray], seq_len: int, key: list[int]) -> None:
+        self.shards, self.key = shards, key
+        self.index = block_index(shards, seq_len)
+        self.epoch = self.cursor = self.drawn = 0
+        self._perm = self._permutation(0)
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng([*self.key, epoch]).permutation(len(self.index))
+
+    def take(self, n: int) -> np.ndarray:
+        if self.cursor + n > len(self._perm):  # drop the epoch's remainder, reshuffle
+            self.epoch, self.cursor = self.epoch + 1, 0
+            self._perm = self._permutation(self.epoch)
+        rows = self.index[self._perm[self.cursor : self.cursor + n]]
+        self.cursor += n
+        self.drawn += n
+        return rows
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "cursor": self.cursor, "drawn": self.drawn}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.cursor = state["epoch"], state["cursor"]
+        self.drawn = state.get("drawn", 0)  # not recorded before mixtures
+        self._perm = self._permutation(self.epoch)
+
+
 class BlockLoader:
     """Shuffled training blocks, reshuffled each epoch; shards the batch by rank under DDP.
 
@@ -51,47 +83,37 @@ class BlockLoader:
     ) -> None:
         self.shards = cache.shards["train"]
         self.seq_len, self.seed, self.rank, self.world_size = seq_len, seed, rank, world_size
-        self.index = block_index(self.shards, seq_len)
-        if len(self.index) == 0:
+        self.epochs = Epochs(self.shards, seq_len, [seed])
+        if len(self.epochs.index) == 0:
             raise InputError(f"the train split has fewer than seq_len + 1 = {seq_len + 1} tokens")
-        self.epoch, self.cursor = 0, 0
-        self._perm = self._permutation(0)
-
-    def _permutation(self, epoch: int) -> np.ndarray:
-        return np.random.default_rng([self.seed, epoch]).permutation(len(self.index))
 
     def next(self, micro_batch: int) -> tuple[torch.Tensor, torch.Tensor]:
         need = micro_batch * self.world_size
-        if need > len(self.index):
+        if need > len(self.epochs.index):
             raise InputError(
-                f"a batch of {need} blocks exceeds the {len(self.index)} blocks of the train split"
+                f"a batch of {need} blocks exceeds the {len(self.epochs.index)} blocks of the train split"
             )
-        if self.cursor + need > len(self._perm):  # drop the epoch's remainder, reshuffle
-            self.epoch, self.cursor = self.epoch + 1, 0
-            self._perm = self._permutation(self.epoch)
-        take = self._perm[
-            self.cursor + self.rank * micro_batch : self.cursor + (self.rank + 1) * micro_batch
-        ]
-        self.cursor += need
-        return gather(self.shards, self.index[take], self.seq_len)
+        rows = self.epochs.take(need)
+        return gather(
+            self.shards, rows[self.rank * micro_batch : (self.rank + 1) * micro_batch], self.seq_len
+        )
+
+    @property
+    def epoch(self) -> int:
+        return self.epochs.epoch
 
     @property
     def blocks_per_epoch(self) -> int:
-        return len(self.index)
+        return len(self.epochs.index)
 
     def state_dict(self) -> dict[str, int]:
-        return {
-            "epoch": self.epoch,
-            "cursor": self.cursor,
-            "seed": self.seed,
-            "seq_len": self.seq_len,
-        }
+        return {"epoch": self.epochs.epoch, "cursor": self.epochs.cursor, "seed": self.seed,
+                "seq_len": self.seq_len}  # fmt: skip
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         if (state["seed"], state["seq_len"]) != (self.seed, self.seq_len):
             raise ValueError("data loader state was saved with a different seed or seq_len")
-        self.epoch, self.cursor = state["epoch"], state["cursor"]
-        self._perm = self._permutation(self.epoch)
+        self.epochs.load_state_dict(state)
 
 
 def validation_blocks(cache: TokenCache, seq_len: int, max_blocks: int | None = None) -> np.ndarray:
@@ -179,8 +201,11 @@ def _batched(items: Iterator[str], n: int) -> Iterator[list[str]]:
         yield batch
 
 
-def make_loader(cfg: DataConfig, cache: TokenCache, tok, seed: int, rank: int = 0, world: int = 1):
-    """Shuffled blocks from the cache, or (data.stream) blocks tokenised on the fly in corpus order."""
+def corpus_loader(
+    cfg: DataConfig, cache: TokenCache, tok, seed: int, rank: int = 0, world: int = 1
+):
+    """Shuffled blocks from one corpus' cache, or (data.stream) blocks tokenised on the fly in
+    corpus order. (`smollm.data.make_loader` also takes a `data.mixture`.)"""
     if not cfg.stream:
         return BlockLoader(cache, cfg.seq_len, seed, rank, world)
     docs = train_documents(

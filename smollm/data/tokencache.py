@@ -24,6 +24,7 @@ from smollm import assets
 from smollm.config import DataConfig, SmolError
 from smollm.data.corpora import Corpus, is_validation, resolve_corpus
 from smollm.data.vocab import (
+    bpe_size,
     corpus_tokenizer,
     encode_batch,
     endoftext_id,
@@ -59,30 +60,44 @@ class TokenCache:
         return self.meta["vocab_size"]
 
 
-def cache_key(corpus: Corpus, cfg: DataConfig) -> str:
+def cache_key(corpus: Corpus, cfg: DataConfig, fitted_to: str = "") -> str:
+    """The cache directory's name; `fitted_to`: what a bpe-N tokenizer was trained on when that
+    is not this corpus alone (a mixture's key)."""
     parts = [
         corpus.identity,
         tokenizer_identity(cfg.tokenizer),
+        *([f"fitted={fitted_to}"] if fitted_to and bpe_size(cfg.tokenizer) else []),
         f"val={cfg.val_fraction}",
         f"max={cfg.max_docs}",
         *(["stream"] if cfg.stream else []),  # a streamed corpus caches its validation split only
         f"v{PIPELINE_VERSION}",
     ]
     digest = hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in corpus.name.split("/")[-1])[:40]
-    return f"{safe}-{tokenizer_identity(cfg.tokenizer)}-{digest}"
+
+    def safe(text: str) -> str:  # a directory name: no separators, whatever the names hold
+        return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)[:40]
+
+    return f"{safe(corpus.name.split('/')[-1])}-{safe(tokenizer_identity(cfg.tokenizer))}-{digest}"
 
 
-def prepare(cfg: DataConfig, progress: bool = True) -> tuple[TokenCache, object]:
-    """Open the cache for `cfg`, building it first if needed; returns (cache, tokenizer)."""
+def prepare_corpus(cfg: DataConfig, progress: bool = True) -> tuple[TokenCache, object]:
+    """Open the cache for `cfg`'s one corpus, building it first if needed; (cache, tokenizer).
+    (`smollm.data.prepare` also takes a `data.mixture`.)"""
     corpus = resolve_corpus(cfg.corpus, cfg.text_field, cfg.max_docs)
     key = cache_key(corpus, cfg)
-    path = assets.cache_root() / "data" / key
     train_docs = itertools.islice(train_documents(corpus, cfg.val_fraction), BPE_TRAIN_DOCS)
     tokenizer = corpus_tokenizer(cfg.tokenizer, train_docs, key=key)
+    return corpus_cache(corpus, cfg, tokenizer, key, progress), tokenizer
+
+
+def corpus_cache(
+    corpus: Corpus, cfg: DataConfig, tokenizer, key: str, progress: bool
+) -> TokenCache:
+    """The opened cache called `key`, built first (once) from `corpus` with `tokenizer`."""
+    path = assets.cache_root() / "data" / key
     if not (path / "meta.json").is_file():
         _build(corpus, cfg, tokenizer, path, progress)
-    return open_cache(path), tokenizer
+    return open_cache(path)
 
 
 def train_documents(corpus: Corpus, val_fraction: float) -> Iterator[str]:

@@ -14,9 +14,17 @@ from smollm.tokenizer import ENDOFTEXT, from_dir, load_tokenizer
 
 
 def tokenizer_identity(name: str) -> str:
-    """Cache-key part for a tokenizer name ("bpe-8k" -> "bpe-8192")."""
+    """Cache-key part for a tokenizer name: "bpe-8k" -> "bpe-8192"; a tokenizer directory (a
+    run's tokenizer/) -> "dir-" + its tokenizer.json's digest, since a path is not what it holds."""
     size = bpe_size(name)
-    return f"bpe-{size}" if size else name
+    if size:
+        return f"bpe-{size}"
+    vocab = Path(name) / "tokenizer.json"
+    if name != "smollm2" and vocab.is_file():
+        import hashlib
+
+        return "dir-" + hashlib.sha256(vocab.read_bytes()).hexdigest()[:12]
+    return name
 
 
 def bpe_size(name: str) -> int | None:
