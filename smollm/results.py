@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import statistics
 from pathlib import Path
@@ -68,6 +69,8 @@ def summary_rows(runs: dict[str, dict[int, dict[str, Any]]], baseline: str) -> l
              for name, seeds in runs.items()}  # fmt: skip
     base = ok_of.get(baseline, {})
     tasks = sorted({t for ok in ok_of.values() for s in ok.values() for t in (s.get("eval") or {})})
+    sources = list(dict.fromkeys(n for ok in ok_of.values() for s in ok.values()
+                                 for n in (s.get("val_sources") or {})))  # fmt: skip
     rows = []
     for name, seeds in runs.items():
         ok = ok_of[name]
@@ -87,7 +90,7 @@ def summary_rows(runs: dict[str, dict[int, dict[str, Any]]], baseline: str) -> l
             "val_loss": loss[0], "val_loss_ci95": loss[1], "val_bpb": bpb[0], "val_bpb_ci95": bpb[1],
             "val_bpb_sd": statistics.stdev(bpbs) if len(bpbs) > 1 else None,
             "delta_bpb_vs_baseline": test[0], "delta_bpb_sd": test[1], "delta_bpb_ci95": test[2], "delta_bpb_p": test[3],
-            **_task_columns(ok, tasks),
+            **_task_columns(ok, tasks), **_source_columns(ok, base, sources),
             "failed": "; ".join(f"s{s}: {r['summary'].get('status')}" for s, r in seeds.items() if r["summary"].get("status") != "finished"),
         })  # fmt: skip
     adjusted = holm({r["variant"]: r["delta_bpb_p"] for r in rows if r["variant"] != baseline})
@@ -108,6 +111,24 @@ def _task_columns(ok: dict[int, dict[str, Any]], tasks: list[str]) -> dict[str, 
         m, ci = mean_ci([sc[metric] for sc in scores])
         out[f"{task}_{metric}"], out[f"{task}_{metric}_ci95"] = m, ci
         out[f"{task}_items"] = scores[0]["items"] if scores else None
+    return out
+
+
+def _source_columns(
+    ok: dict[int, dict[str, Any]], base: dict[int, dict[str, Any]], sources: list[str]
+) -> dict[str, Any]:
+    """A mixture's sources: <source>_bpb (mean over seeds) and its 95% CI, and the paired Δ from
+    the baseline on that source's held-out text, with its 95% CI."""
+    out: dict[str, Any] = {}
+    for name in sources:
+        bpb = {s: r["val_sources"][name]["bpb"] for s, r in ok.items()
+               if name in (r.get("val_sources") or {})}  # fmt: skip
+        ref = {s: r["val_sources"][name]["bpb"] for s, r in base.items()
+               if name in (r.get("val_sources") or {})}  # fmt: skip
+        m, ci = mean_ci(list(bpb.values()))
+        delta = paired_test([bpb[s] - ref[s] for s in bpb if s in ref])
+        out |= {f"{name}_bpb": m, f"{name}_bpb_ci95": ci,
+                f"{name}_delta_bpb": delta[0], f"{name}_delta_bpb_ci95": delta[2]}  # fmt: skip
     return out
 
 
@@ -200,7 +221,7 @@ def write_markdown(
         return num(r["parameters"]) + (f" ({num(r['non_embedding_parameters'])})" if both else "")
 
     lines += [
-        f"Final validation loss and bits per byte: mean over seeds, ± 95% CI (Student t) and the seed-to-seed sd; Δ bpb is the paired difference from `{meta['baseline']}` (same seed, same data order), ± its 95% CI; p is a paired two-sided t test, Holm-adjusted across the {len(rows) - 1} comparisons; ✓ marks Δs resolved at family-wise α = 0.05. Lower is better."
+        f"Final validation loss and bits per byte: mean over seeds, ± 95% CI (Student t) and the seed-to-seed sd; Δ bpb is the paired difference from `{meta['baseline']}` ({meta.get('pairing') or 'same seed, same data order'}), ± its 95% CI; p is a paired two-sided t test, Holm-adjusted across the {len(rows) - 1} comparisons; ✓ marks Δs resolved at family-wise α = 0.05. Lower is better."
         + (f" Downstream tasks: zero-shot {', '.join(f'{t} {headline(t)}' for t in tasks)} in %, mean ± 95% CI over seeds." if tasks else ""),
         "",
         "| variant | seeds | params | FLOPs/token | tokens | tokens/s | lr | val loss | val bits/byte (sd) | Δ bpb vs baseline | p (Holm) | resolved |"
@@ -232,9 +253,33 @@ def write_markdown(
         )
         lines.append(f"| *reference: {reference['variant']}* | — | {reference['parameters']:,} | — | (pretrained) | — | — | "
                      f"{reference['val_loss']:.4f} (SmolLM2 tokenizer) | {reference['val_bpb']:.4f} | — | — | |{ref_cells}")  # fmt: skip
+    lines += _source_table(rows, meta["baseline"])
     lines += ["", *_verdict(rows, meta["baseline"]), "", *meta.get("notes", []),
               "![validation loss](loss_curves.png) ![paired differences](forest.png)", ""]  # fmt: skip
     path.write_text("\n".join(lines))
+
+
+def _source_table(rows: list[dict[str, Any]], baseline: str) -> list[str]:
+    """Per source of a mixture: each variant's bpb on that source's held-out text, and its paired
+    Δ from the baseline there (✓: the 95% CI excludes 0, per comparison, not Holm-adjusted)."""
+    sources = [k[: -len("_delta_bpb")] for k in rows[0] if k.endswith("_delta_bpb")]
+    if not sources:
+        return []
+    lines = ["", f"**Per source** (each source's own held-out split): bits per byte, mean ± 95% CI over seeds; "
+             f"Δ is the paired difference from `{baseline}` on that text, ✓ where its 95% CI excludes 0 "
+             "(per comparison, not adjusted across sources). The main table's val bits/byte is these "
+             "sources' mean weighted by `data.val_weights` (default: the mixture's weights).", "",
+             "| variant |" + "".join(f" {n} bpb | Δ {n} |" for n in sources),
+             "|---|" + "---:|---:|" * len(sources)]  # fmt: skip
+    for r in rows:
+        cells = ""
+        for n in sources:
+            delta, ci = r[f"{n}_delta_bpb"], r[f"{n}_delta_bpb_ci95"]
+            mark = " ✓" if ci is not None and abs(delta) > ci else ""
+            shown = "baseline" if r["variant"] == baseline else _fmt(delta, ci) + mark
+            cells += f" {_fmt(r[f'{n}_bpb'], r[f'{n}_bpb_ci95'])} | {shown} |"
+        lines.append(f"| {r['variant']} |{cells}")
+    return lines
 
 
 def _said(r: dict[str, Any]) -> str:
@@ -392,7 +437,15 @@ def _validation_note(runs: dict[str, dict[int, dict[str, Any]]], baseline: str) 
 
     def held_out(seeds: dict[int, dict[str, Any]]) -> dict | None:
         configs = [r["summary"].get("config") for r in seeds.values() if r["summary"].get("config")]
-        return {k: configs[0]["data"].get(k) for k in VALIDATION_FIELDS} if configs else None
+        if not configs:
+            return None
+        data = configs[0]["data"]
+        if data.get("mixture"):  # a mixture's held-out text: its sources, weighted as scored
+            weights = data.get("val_weights") or data["mixture"]
+            total = sum(weights.values())
+            return {"sources": sorted(data["mixture"]), **{k: data.get(k) for k in VALIDATION_FIELDS[1:]},
+                    "weights": {n: round(w / total, 9) for n, w in sorted(weights.items()) if w}}  # fmt: skip
+        return {k: data.get(k) for k in VALIDATION_FIELDS}
 
     base = held_out(runs.get(baseline, {}))
     other = [name for name, seeds in runs.items()
@@ -403,6 +456,15 @@ def _validation_note(runs: dict[str, dict[int, dict[str, Any]]], baseline: str) 
     return [f"**Other validation text:** {', '.join(f'`{v}`' for v in other)} {were} trained on other data "
             f"and scored on {'its' if len(other) == 1 else 'their'} own corpus' held-out split, not "
             f"`{baseline}`'s: the Δ compares different text as well as different training.", ""]  # fmt: skip
+
+
+def _pairing(runs: dict[str, dict[int, dict[str, Any]]]) -> str | None:
+    """What a seed holds fixed across variants, when they differ in data (None: the usual)."""
+    datas = {json.dumps(r["summary"]["config"]["data"], sort_keys=True)
+             for seeds in runs.values() for r in seeds.values() if r["summary"].get("config")}  # fmt: skip
+    if len(datas) < 2:
+        return None
+    return "same seed: the same initial weights and draw stream, each variant drawing from its own data"
 
 
 def _wandb_note(runs: dict[str, dict[int, dict[str, Any]]], ablation: str) -> list[str]:
@@ -446,6 +508,7 @@ def build_results(ablation: str, runs_root: Path, out_root: Path, publish: bool 
         "match": spec.get("match", "none"),
         "provenance": provenance(root),
         "notes": _validation_note(runs, baseline) + _wandb_note(runs, ablation),
+        "pairing": _pairing(runs),
     }
     plot_forest(
         rows, baseline, out / "forest.png", f"{ablation}: paired differences from {baseline}"

@@ -208,3 +208,20 @@ def test_a_ladder_killed_midway_resumes_and_refits_to_identical_tables(tmp_path)
     )
     assert rebuilt.returncode == 0, rebuilt.stderr
     assert {p.name: p.read_bytes() for p in got.iterdir()} == before
+
+
+def test_a_ladder_whose_variants_differ_in_data_holds_tokens_and_shape_fixed(tmp_path):
+    text = TINY.replace(
+        "variants: [v1, full]",
+        "variants:\n  - {name: sotu, data: {mixture: {sotu: 1, wiki: 0}}}\n"
+        "  - {name: mixed, data: {mixture: {sotu: 0.5, wiki: 0.5}}}",
+    ).replace("baseline: full", "baseline: sotu")
+    ladder = load_ladder(tiny_ladder(tmp_path, text))
+    for name in ladder.rungs:
+        rung = ladder.rung(name)
+        sotu, mixed = (rung.experiment(v, 0) for v in rung.variants)
+        assert (sotu.data.mixture, mixed.data.mixture) == (
+            {"sotu": 1, "wiki": 0},
+            {"sotu": 0.5, "wiki": 0.5},
+        )
+        assert sotu.model == mixed.model and sotu.train == mixed.train

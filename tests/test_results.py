@@ -40,3 +40,43 @@ def test_a_variant_scored_on_other_validation_text_is_flagged():
     assert _validation_note({"full": runs("sotu"), "v1": runs("sotu")}, "full") == []
     note = _validation_note({"full": runs("sotu"), "chat": runs("chitchat")}, "full")
     assert "`chat` was trained on other data" in note[0] and "not `full`'s" in note[0]
+
+
+def test_a_mixture_ablation_reports_each_source_and_scores_one_held_out_text():
+    from smollm.results import _source_table, _validation_note, summary_rows
+
+    def seeds(bpb_a, bpb_b, mixture, val_weights=None):
+        def run(s):
+            data = {"mixture": mixture, "val_weights": val_weights or {"a": 1, "b": 1},
+                    "val_fraction": 0.05}  # fmt: skip
+            bpbs = {"a": bpb_a(s), "b": bpb_b(s)}
+            return {"summary": {"status": "finished", "val_loss": 1.0, "val_bpb": sum(bpbs.values()) / 2,
+                                "tokens": 10, "tokens_per_s": 5.0, "config": {"data": data, "train": {"lr": 0.1}},
+                                "val_sources": {n: {"bpb": v, "loss": 1.0} for n, v in bpbs.items()}}}  # fmt: skip
+
+        return {s: run(s) for s in range(3)}
+
+    only_a = seeds(lambda s: 1.0 + 0.01 * s, lambda s: 2.0 + 0.02 * s, {"a": 1, "b": 0})
+    both = seeds(
+        lambda s: 1.1 + 0.01 * s + 0.003 * s * s, lambda s: 1.9 + 0.02 * s, {"a": 0.5, "b": 0.5}
+    )
+    rows = summary_rows({"a": only_a, "ab": both}, "a")
+    assert rows[1]["b_delta_bpb"] == pytest.approx(-0.1) and rows[1]["b_bpb"] == pytest.approx(1.92)
+    assert rows[1]["a_delta_bpb"] == pytest.approx(0.1 + 0.003 * 5 / 3)
+    table = _source_table(rows, "a")
+    assert "| variant | a bpb | Δ a | b bpb | Δ b |" in table
+    ab = next(line for line in table if line.startswith("| ab |"))
+    assert ab.count("✓") == 2 and "-0.1000 ± 0.0000 ✓" in ab
+    # the same sources at the same validation weights are the same held-out text for every variant
+    assert _validation_note({"a": only_a, "ab": both}, "a") == []
+    own = seeds(
+        lambda s: 1.0, lambda s: 2.0, {"a": 0.5, "b": 0.5}, val_weights={"a": 0.5, "b": 0.5}
+    )
+    assert _validation_note({"a": only_a, "own": own}, "a") == []  # equal weights, any scale
+    skewed = seeds(
+        lambda s: 1.0, lambda s: 2.0, {"a": 0.5, "b": 0.5}, val_weights={"a": 0.9, "b": 0.1}
+    )
+    assert (
+        "`skewed` was trained on other data"
+        in _validation_note({"a": only_a, "skewed": skewed}, "a")[0]
+    )
