@@ -195,9 +195,14 @@ def test_results_without_runs_is_a_clear_error(tmp_path):
 
 
 def test_shipped_ablation_files_are_valid():
-    for name in ("default", "smoke", "smollm2-135m"):
+    for name in ("default", "smoke", "smollm2-135m", "data", "data-anneal", "data-anneal-gpu"):
         ablation = load_ablation(ROOT / "experiments" / f"{name}.yaml")
         assert ablation.baseline in [v.name for v in ablation.variants]
+    for name in ("data", "data-anneal", "data-anneal-gpu"):  # data variants, one held-out text
+        ablation = load_ablation(ROOT / "experiments" / f"{name}.yaml")
+        exps = [ablation.experiment(v, 0) for v in ablation.variants]
+        assert len({json.dumps(e.data.mixture) for e in exps}) == 3
+        assert len({(json.dumps(e.data.val_weights), *e.data.mixture) for e in exps}) == 1
     default = load_ablation(ROOT / "experiments" / "default.yaml")
     assert len(default.seeds) >= 2 and {"v1", "v2", "full"} <= {v.name for v in default.variants}
     assert shutil.which("git")  # provenance records the git SHA

