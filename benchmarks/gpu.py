@@ -2,6 +2,7 @@
 
     python benchmarks/gpu.py [--batch 16] [--seq-len 2048] [--steps 10] [--rounds 3]
                              [--decode-tokens 128] [--model RUN_OR_HF_DIR] [--out FILE.md]
+                             [--only attention,train,decode,small] [--json FILE.json]
 
 Prints, for whatever CUDA GPU it runs on:
 - the device, software versions, the datasheet bf16 peak and a measured one (8192^3 bf16 matmul
@@ -14,12 +15,18 @@ Prints, for whatever CUDA GPU it runs on:
   transformers runs `torch.compile(model)` with the loss outside, as users do. The timed steps of
   all rows are interleaved over `--rounds` rounds (median), so clock drift hits every row alike;
 - decode tokens/s at batch 1 (greedy, bf16): transformers `generate`, ours eager, ours through a
-  CUDA graph, ours compiled + CUDA graph; whether each gives the eager path's tokens; and the
-  weight-bandwidth ceiling.
+  CUDA graph, ours compiled + CUDA graph; whether each gives the eager path's tokens; the
+  weight-bandwidth ceiling; and GPU kernels per token (profiler) of ours eager and compiled;
+- small models (`--small`, default the `default` ablation: 15 runs at its CPU shape): the wall time
+  of `smol run ablation` one run at a time and packed (`--workers K` on this one device), the
+  speed-up, and the largest difference in final bpb between the two;
+- with `--json FILE`, the headline figures (train tokens/s, MFU and causal MFU, decode tokens/s and
+  kernels per token, the small ablation's speed-up) with device, torch, date and commit.
 
 FLOP accounting (`smollm.config.flops_per_token`): 6 x (non-embedding parameters + lm_head) +
 12 x layers x dim x seq_len per token (PaLM convention: attention scores counted in full, although
-causal kernels skip the masked half); 1.232 GFLOP per token for SmolLM2-135M at 2048.
+causal kernels skip the masked half); 1.232 GFLOP per token for SmolLM2-135M at 2048. The causal
+MFU beside it counts 6 x layers x dim x seq_len for attention instead (llm.c's convention).
 """
 
 from __future__ import annotations
@@ -45,6 +52,7 @@ from smollm.train import DivergenceWatch, LMLoss, StepPlan, make_optimizer, trai
 
 GB = 1e9
 LINES: list[str] = []  # everything printed, for --out
+HEADLINE: dict[str, object] = {}  # the figures --json writes (gpu-<device>.json)
 
 
 def say(line: str = "") -> None:
@@ -258,6 +266,7 @@ def training(args, weights: str, cfg: ModelConfig, peaks: dict[str, float]) -> N
     ]
     tokens = args.batch * args.seq_len
     fpt = flops_per_token(cfg, args.seq_len)
+    causal = flops_per_token(cfg, args.seq_len, causal=True)
     built = []
     for name, make, compile in rows:
         if DEVICE.type == "cuda":
@@ -289,9 +298,12 @@ def training(args, weights: str, cfg: ModelConfig, peaks: dict[str, float]) -> N
     say(f"\nTraining, {args.preset} shape, {args.batch}x{args.seq_len}, bf16 autocast, fused AdamW, grad clip; "
         f"{args.rounds} rounds x {args.steps} steps, interleaved; {fpt / 1e9:.3f} GFLOP/token")  # fmt: skip
     say(
-        f"| row | tokens/s | MFU (datasheet {peaks['datasheet'] / 1e12:.0f} TF) | MFU (measured {peaks['measured'] / 1e12:.0f} TF) | peak memory | spread over rounds |"
+        f"MFU causal: attention's masked half not counted ({causal / 1e9:.3f} GFLOP/token, llm.c's convention)"
     )
-    say("|---|---:|---:|---:|---:|---:|")
+    say(
+        f"| row | tokens/s | MFU (datasheet {peaks['datasheet'] / 1e12:.0f} TF) | MFU causal (datasheet) | MFU (measured {peaks['measured'] / 1e12:.0f} TF) | peak memory | spread over rounds |"
+    )
+    say("|---|---:|---:|---:|---:|---:|---:|")
     rates = {}
     for name, _, _, _, mem, times in built:
         t = statistics.median(times)
@@ -299,8 +311,12 @@ def training(args, weights: str, cfg: ModelConfig, peaks: dict[str, float]) -> N
         mfu = tokens / t * fpt
         spread = (max(times) - min(times)) / t
         say(
-            f"| {name} | {tokens / t:,.0f} | {mfu / peaks['datasheet']:.1%} | {mfu / peaks['measured']:.1%} | {mem:.1f} GB | {spread:.1%} |"
+            f"| {name} | {tokens / t:,.0f} | {mfu / peaks['datasheet']:.1%} | {tokens / t * causal / peaks['datasheet']:.1%} | {mfu / peaks['measured']:.1%} | {mem:.1f} GB | {spread:.1%} |"
         )
+        if name == "ours, compiled train_step":
+            HEADLINE.update(train_tokens_per_s=round(tokens / t, 1),
+                            train_mfu=round(mfu / peaks["datasheet"], 4),
+                            train_mfu_causal=round(tokens / t * causal / peaks["datasheet"], 4))  # fmt: skip
     for ours, ref in (
         ("ours, eager", "transformers, eager"),
         ("ours, compiled train_step", "transformers, torch.compile(model)"),
@@ -398,6 +414,79 @@ def decode(args, weights: str, label: str) -> None:
         say(
             f"| {name} | {rate:,.0f} | {ratio} | {setup[name]:.1f} s | {'identical' if same else 'differ' + first} |"
         )
+        if name == "ours, compiled + CUDA graph":
+            HEADLINE["decode_tokens_per_s"] = round(rate, 1)
+            HEADLINE["decode_identical_to_eager"] = bool(same)
+    for name in ("ours, eager", "ours, compiled + CUDA graph"):
+        if name in outs:
+            per_token = kernels_per_token(variants[name], n)
+            say(
+                f"{name}: {per_token:,.1f} {'kernels' if DEVICE.type == 'cuda' else 'aten ops'} per token (profiler)"
+            )
+            if name == "ours, compiled + CUDA graph":
+                HEADLINE["decode_kernels_per_token"] = round(per_token, 1)
+
+
+def kernels_per_token(generate, n: int) -> float:
+    """GPU kernels (on the CPU dry run: aten operators) one `generate` of n tokens runs, per token,
+    as the profiler counts them (the prompt's prefill included, spread over the n tokens)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = DEVICE.type == "cuda"
+    with profile(activities=[ProfilerActivity.CUDA] if cuda else [ProfilerActivity.CPU]) as prof:
+        generate()
+        sync()
+    if cuda:
+        count = sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
+    else:
+        count = sum(1 for e in prof.events() if e.name.startswith("aten::"))
+    return count / n
+
+
+# ---------------------------------------------------------------------------- small models
+
+
+def small_ablation(args) -> None:
+    """A small-model ablation on this one device, one run at a time (`--workers 1`) and packed
+    (`--workers K`: K runs share it at once): wall time of each, the speed-up, and how far their
+    final bits per byte are apart, beside two sequential passes' own spread (the noise floor of
+    nondeterministic GPU kernels)."""
+    import json
+    import subprocess
+    from pathlib import Path
+
+    def run(tag: str, workers: int) -> tuple[float, dict[str, float]]:
+        root = Path(tempfile.mkdtemp(prefix=f"small-{tag}-"))
+        cmd = [sys.executable, "-m", "smollm.cli", "run", "ablation", args.small, "--runs-dir",
+               str(root / "runs"), "--results-dir", str(root / "results"), "--workers", str(workers),
+               "--quiet", "tracking.mode=disabled"]  # fmt: skip
+        t = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        wall = time.perf_counter() - t
+        if proc.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
+        bpb = {p.parent.name: json.loads(p.read_text())["val_bpb"]
+               for p in (root / "runs").glob(f"{Path(args.small).stem}/*/summary.json")}  # fmt: skip
+        return wall, bpb
+
+    seq, bpb_seq = run("seq", 1)
+    packed, bpb_packed = run("packed", args.small_workers)
+    apart = max(abs(bpb_packed[k] - bpb_seq[k]) for k in bpb_seq)
+    noise = None
+    if args.small_noise:  # a second sequential pass: what the kernels' own nondeterminism gives
+        _, bpb_again = run("seq2", 1)
+        noise = max(abs(bpb_again[k] - bpb_seq[k]) for k in bpb_seq)
+    speedup = seq / packed
+    say(f"\nSmall-model ablation `{args.small}` ({len(bpb_seq)} runs) on one device:")
+    say("| how | wall time | speed-up |")
+    say("|---|---:|---:|")
+    say(f"| one run at a time (--workers 1) | {seq:.0f} s | 1.0x |")
+    say(f"| packed (--workers {args.small_workers}) | {packed:.0f} s | {speedup:.2f}x |")
+    floor = (f"two sequential passes: {noise:.2e}" if noise is not None
+             else "--small-noise adds the sequential passes' own spread")  # fmt: skip
+    say(f"final bpb, packed vs sequential: max |diff| {apart:.2e} ({floor})")
+    HEADLINE.update(small_ablation_speedup=round(speedup, 2), small_ablation_runs=len(bpb_seq),
+                    small_ablation_max_bpb_diff=apart, small_ablation_noise_bpb_diff=noise)  # fmt: skip
 
 
 # ---------------------------------------------------------------------------- main
@@ -416,17 +505,31 @@ def main() -> None:
     p.add_argument("--decode-tokens", type=int, default=128)
     p.add_argument("--model", help="weights for decode (run dir or HF dir; default: random init)")
     p.add_argument("--prompt-ids", help="comma-separated prompt token ids for decode")
-    p.add_argument("--only", default="attention,train,decode", help="sections to run")
+    p.add_argument("--only", default="attention,train,decode,small", help="sections to run")
     p.add_argument(
         "--profile", action="store_true", help="print the top kernels of a compiled step"
     )
+    p.add_argument(
+        "--small",
+        default="default",
+        help="the ablation of small models the `small` section runs sequential vs packed",
+    )
+    p.add_argument(
+        "--small-workers", type=int, default=5, help="runs packed onto the device at once"
+    )
+    p.add_argument("--small-noise", action="store_true",
+                   help="also a second sequential pass: the noise floor of the bpb comparison")  # fmt: skip
     p.add_argument("--out", help="also write the output to this file")
+    p.add_argument(
+        "--json", help="also write the headline figures to this JSON file (gpu-<device>.json)"
+    )
     p.add_argument("--dry-run", action="store_true",
                    help="no GPU: run every section on the CPU with a 2-layer model (checks the script, measures nothing)")  # fmt: skip
     args = p.parse_args()
     overrides = {}
     if args.dry_run:
         DEVICE = torch.device("cpu")
+        args.small, args.small_workers = "smoke", 2  # the CI-sized ablation: seconds, not minutes
         overrides = dict(
             dim=64, n_layers=2, n_heads=4, n_kv_heads=2, intermediate_size=128, vocab_size=512
         )
@@ -465,6 +568,7 @@ def main() -> None:
             "attention": lambda: attention_backends(args.batch, args.seq_len, cfg),
             "train": lambda: training(args, weights, cfg, peaks),
             "decode": lambda: decode(args, decode_weights, args.model or "random init"),
+            "small": lambda: small_ablation(args),
         }
         for section, fn in sections.items():
             if section not in only or (section == "attention" and DEVICE.type != "cuda"):
@@ -476,6 +580,31 @@ def main() -> None:
     if args.out:
         with open(args.out, "w") as f:
             f.write("\n".join(LINES) + "\n")
+    if args.json:
+        write_headline(args.json)
+
+
+def write_headline(path: str) -> None:
+    """gpu-<device>.json: the headline figures with the device, versions, date and commit, so
+    machines and commits compare without parsing prose (a figure not measured is null)."""
+    import datetime
+    import json
+    import subprocess
+
+    git = subprocess.run(["git", "rev-parse", "--short=10", "HEAD"], capture_output=True, text=True)
+    keys = ("train_tokens_per_s", "train_mfu", "train_mfu_causal", "decode_tokens_per_s",
+            "decode_kernels_per_token", "small_ablation_speedup")  # fmt: skip
+    record = {
+        "device": torch.cuda.get_device_name() if DEVICE.type == "cuda" else "cpu (dry run)",
+        "torch": torch.__version__,
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d"),
+        "git": git.stdout.strip() or None,
+        **{k: HEADLINE.get(k) for k in keys},
+        **{k: v for k, v in HEADLINE.items() if k not in keys},
+    }
+    record = {k: None if isinstance(v, float) and v != v else v for k, v in record.items()}  # NaN
+    with open(path, "w") as f:
+        f.write(json.dumps(record, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -204,14 +204,16 @@ def param_count(cfg: ModelConfig, non_embedding: bool = False) -> int:
     return body + embed + pos + head
 
 
-def flops_per_token(cfg: ModelConfig, seq_len: int) -> int:
+def flops_per_token(cfg: ModelConfig, seq_len: int, causal: bool = False) -> int:
     """Training FLOPs per token (forward + backward = 3x forward), matmuls incl. attention scores.
 
     6 * (non-embedding params + lm_head) + 12 * n_layers * dim * seq_len, as in the PaLM/Chinchilla
-    accounting; the input embedding lookup costs no matmul FLOPs.
+    accounting; the input embedding lookup costs no matmul FLOPs. `causal`: the attention term
+    halved (6 * n_layers * dim * seq_len), as causal kernels skip the masked half and llm.c-style
+    MFU figures count.
     """
     dense = param_count(cfg, non_embedding=True) + cfg.vocab_size * cfg.dim
-    return 6 * dense + 12 * cfg.n_layers * cfg.dim * seq_len
+    return 6 * dense + (6 if causal else 12) * cfg.n_layers * cfg.dim * seq_len
 
 
 MATCHES = ("none", "params", "flops")

@@ -204,10 +204,20 @@ def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 class Throughput:
-    """Tokens/s, MFU and peak memory between two log points (evaluation time excluded)."""
+    """Tokens/s, MFU and peak memory between two log points (evaluation time excluded). MFU in the
+    PaLM convention (`flops_per_tok`: attention scores counted in full) and, given
+    `causal_flops_per_tok`, the causal one (their masked half not counted) beside it."""
 
-    def __init__(self, tokens: int, flops_per_tok: int, peak: float, device: torch.device) -> None:
+    def __init__(
+        self,
+        tokens: int,
+        flops_per_tok: int,
+        peak: float,
+        device: torch.device,
+        causal_flops_per_tok: int | None = None,
+    ) -> None:
         self.tokens, self.flops, self.peak, self.device = tokens, flops_per_tok, peak, device
+        self.causal = causal_flops_per_tok
         self.t = time.perf_counter()
 
     def row(self, step: int, tokens: int) -> dict[str, Any]:
@@ -217,11 +227,15 @@ class Throughput:
         self.tokens, self.t = tokens, time.perf_counter()
         mfu = round(tps * self.flops / self.peak, 4) if self.peak else None
         mem = round(peak_memory(self.device) / 2**20, 1)
+        causal = {}
+        if self.causal is not None:
+            causal["mfu_causal"] = round(tps * self.causal / self.peak, 4) if self.peak else None
         return {
             "step": step,
             "tokens": tokens,
             "tokens_per_s": round(tps, 1),
             "mfu": mfu,
+            **causal,
             "peak_memory_mb": mem,
         }
 

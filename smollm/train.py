@@ -491,7 +491,8 @@ def _train(
     tc = exp.train
     tracker = _start_tracking(run, exp, tok, s.step) if ddp.main else None
     peak = peak_flops(tc, device) * ddp.world_size
-    meter = Throughput(s.tokens, flops_per_token(exp.model, exp.data.seq_len), peak, device)
+    meter = Throughput(s.tokens, flops_per_token(exp.model, exp.data.seq_len), peak, device,
+                       flops_per_token(exp.model, exp.data.seq_len, causal=True))  # fmt: skip
     bar = tqdm(total=s.max_steps, initial=s.step, desc=run.name, unit="step",
                disable=not (progress and ddp.main))  # fmt: skip
     val, scores, evaluated = None, {}, False

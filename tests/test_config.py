@@ -96,6 +96,9 @@ def test_flops_per_token_counts_matmuls():
     cfg = PRESETS["smollm2-135m"]
     # 6 * (body + lm_head) + attention scores
     assert flops_per_token(cfg, 2048) == 6 * (106_203_456 + 28_311_552) + 12 * 30 * 576 * 2048
+    # causal: the masked half of the attention scores not counted (llm.c's convention)
+    causal = flops_per_token(cfg, 2048, causal=True)
+    assert causal == 6 * (106_203_456 + 28_311_552) + 6 * 30 * 576 * 2048
 
 
 def test_dict_round_trip():

@@ -88,3 +88,17 @@ def test_a_worker_ends_with_its_parent(tmp_path):
     else:
         os.kill(worker, signal.SIGKILL)
         raise AssertionError("the worker outlived its parent")
+
+
+def test_throughput_reports_mfu_in_both_conventions():
+    import time
+
+    import torch
+
+    from smollm.runtime import Throughput
+
+    meter = Throughput(0, 4000, 1e6, torch.device("cpu"), causal_flops_per_tok=3000)
+    time.sleep(0.05)
+    row = meter.row(1, 100)
+    assert row["mfu"] > 0 and row["mfu_causal"] == pytest.approx(0.75 * row["mfu"], rel=1e-3)
+    assert "mfu_causal" not in Throughput(0, 4000, 1e6, torch.device("cpu")).row(1, 100)

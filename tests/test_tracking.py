@@ -40,9 +40,13 @@ def wandb_records(path: Path) -> list:
 
 def read_run(run_dir: Path, timeout: float = 60.0) -> dict:
     """The offline W&B run under run_dir/wandb: its run record, history rows and final summary.
-    wandb's service closes the file after finish() returns, so the exit record can land later."""
-    (path,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
+    wandb's service writes the file after finish() returns, so the file and its exit record can
+    land later (on a loaded machine, after the command has exited)."""
     deadline = time.monotonic() + timeout
+    while not (found := list(run_dir.glob("wandb/offline-run-*/run-*.wandb"))):
+        assert time.monotonic() < deadline, f"no offline W&B run under {run_dir}"
+        time.sleep(0.2)
+    (path,) = found
     while True:
         records = wandb_records(path)
         if (
