@@ -32,6 +32,7 @@ MFU beside it counts 6 x layers x dim x seq_len for attention instead (llm.c's c
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import statistics
 import sys
@@ -206,12 +207,13 @@ class RandomBlocks:
         return x[:, :-1].contiguous(), x[:, 1:].contiguous()
 
 
-def ours_runner(weights: str, batch: int, seq: int, compile: bool):
-    """smollm's own training step (smollm.train.train_step) on the model loaded from `weights`."""
+def ours_runner(weights: str, batch: int, seq: int, compile: bool, fused: bool = False):
+    """smollm's own training step (smollm.train.train_step) on the model loaded from `weights`;
+    `fused`: with train.fused_loss (the chunked output layer + cross-entropy)."""
     device = DEVICE
     tc = TrainConfig(max_steps=1, compile=compile)
     raw = load_pretrained(weights, device=str(DEVICE)).train()
-    net = LMLoss(raw)
+    net = LMLoss(raw, fused=fused)
     net = torch.compile(net, dynamic=False) if compile else net
     opt = make_optimizer(raw, tc, device)
     plan = StepPlan(device, torch.bfloat16, batch, 1, 1, 1.0, list(raw.parameters()))
@@ -262,6 +264,7 @@ def training(args, weights: str, cfg: ModelConfig, peaks: dict[str, float]) -> N
         ("transformers, eager", hf_runner, False),
         ("ours, eager", ours_runner, False),
         ("ours, compiled train_step", ours_runner, True),
+        ("ours, compiled, fused loss", functools.partial(ours_runner, fused=True), True),
         ("transformers, torch.compile(model)", hf_runner, True),
     ]
     tokens = args.batch * args.seq_len
@@ -313,6 +316,9 @@ def training(args, weights: str, cfg: ModelConfig, peaks: dict[str, float]) -> N
         say(
             f"| {name} | {tokens / t:,.0f} | {mfu / peaks['datasheet']:.1%} | {tokens / t * causal / peaks['datasheet']:.1%} | {mfu / peaks['measured']:.1%} | {mem:.1f} GB | {spread:.1%} |"
         )
+        if name in ("ours, compiled train_step", "ours, compiled, fused loss"):
+            key = "train" if name == "ours, compiled train_step" else "train_fused_loss"
+            HEADLINE[f"{key}_tokens_per_s"] = round(tokens / t, 1)
         if name == "ours, compiled train_step":
             HEADLINE.update(train_tokens_per_s=round(tokens / t, 1),
                             train_mfu=round(mfu / peaks["datasheet"], 4),
@@ -320,6 +326,7 @@ def training(args, weights: str, cfg: ModelConfig, peaks: dict[str, float]) -> N
     for ours, ref in (
         ("ours, eager", "transformers, eager"),
         ("ours, compiled train_step", "transformers, torch.compile(model)"),
+        ("ours, compiled, fused loss", "ours, compiled train_step"),
     ):
         if ours in rates and ref in rates:
             say(f"ratio {ours} / {ref}: {rates[ours] / rates[ref]:.2f}x")

@@ -445,6 +445,9 @@ class TrainConfig:
     seed: int = 0
     dtype: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 (autocast)
     compile: bool = False
+    # the output layer and the loss as one chunked op (smollm.model.LinearCrossEntropy): the
+    # (tokens, vocab) logits never exist whole; off by default (another summation order)
+    fused_loss: bool = False
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     eval_every: int = 50
     eval_blocks: int = 32  # validation blocks per evaluation (the same ones every time); 0 = all
@@ -470,6 +473,9 @@ class TrainConfig:
             raise ConfigError(f"train.schedule={self.schedule!r}: choose wsd or cosine")
         if self.dtype not in ("auto", "fp32", "bf16"):
             raise ConfigError(f"train.dtype={self.dtype!r}: choose auto, fp32 or bf16")
+        if self.fused_loss and self.parallel == "fsdp":
+            raise ConfigError("train.fused_loss does not combine with train.parallel=fsdp yet: "
+                              "its output layer is read outside the sharded module")  # fmt: skip
         check_ranges("train", self, TRAIN_RANGES)
         if self.max_steps <= 0 and self.max_tokens <= 0:
             raise ConfigError("set train.max_steps or train.max_tokens")

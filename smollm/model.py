@@ -308,6 +308,18 @@ class SmolLM(nn.Module):
             x = x[:, -1:]
         return self.lm_head(x)
 
+    def hidden(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """The final normed hidden states (B, T, dim) of unpadded sequences, which `lm_head` turns
+        into logits (a fused linear + cross-entropy takes them instead of the logits)."""
+        length = input_ids.shape[1]
+        if length > self.config.max_seq_len:
+            raise InputError(
+                f"sequence length {length} exceeds the context length {self.config.max_seq_len}"
+            )
+        positions = positions_from_mask(None, 0, length, input_ids.device)
+        mask = build_mask(None, 0, length, input_ids.device)
+        return self.model(input_ids, positions, mask, None)
+
     def decode_step(self, tokens: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """Logits (B, vocab) of one new token per row, written at the device tensor `cache.slot`.
 
@@ -364,3 +376,43 @@ def build_mask(
     # Every query also sees itself, so a padding query never has an empty row (NaN in softmax).
     mask = (causal & valid[:, None, :]) | (k_pos == q_pos)
     return mask[:, None]  # (B, 1, T, S)
+
+
+class LinearCrossEntropy(torch.autograd.Function):
+    """Mean cross-entropy of `hidden @ weight.T` against `targets`, computed `chunk` rows at a
+    time, so the (rows, vocab) logits never exist whole: each chunk's logits are formed (fp32
+    accumulation), give their loss and, at once, their gradients (softmax - one-hot), and are
+    freed. The gradients are kept from the forward for the backward, which only scales them."""
+
+    @staticmethod
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                chunk: int) -> torch.Tensor:  # fmt: skip
+        n = hidden.shape[0]
+        grad_hidden = torch.empty_like(hidden)
+        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+        loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        for start in range(0, n, chunk):
+            h, y = hidden[start : start + chunk], targets[start : start + chunk]
+            logits = (h @ weight.t()).float()
+            lse = torch.logsumexp(logits, dim=-1)
+            loss += (lse - logits.gather(1, y[:, None]).squeeze(1)).sum()
+            probs = torch.exp(logits - lse[:, None])
+            probs.scatter_add_(1, y[:, None], torch.full_like(lse[:, None], -1.0))
+            probs = (probs / n).to(hidden.dtype)
+            grad_hidden[start : start + chunk] = probs @ weight
+            grad_weight += (probs.t() @ h).float()
+        ctx.save_for_backward(grad_hidden, grad_weight.to(weight.dtype))
+        return loss / n
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):
+        grad_hidden, grad_weight = ctx.saved_tensors
+        return grad_hidden * grad_output, grad_weight * grad_output, None, None
+
+
+def linear_cross_entropy(
+    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int = 8192
+) -> torch.Tensor:
+    """`F.cross_entropy((hidden @ weight.T).float(), targets)` without materialising the logits
+    (LinearCrossEntropy). hidden (N, dim), weight (vocab, dim), targets (N,)."""
+    return LinearCrossEntropy.apply(hidden, weight, targets, chunk)

@@ -52,7 +52,7 @@ from smollm.data import BlockLoader, evaluate, make_loader, prepare
 from smollm.data.mixture import sources as mixture_sources
 from smollm.evals import Downstream, metric_row
 from smollm.generation import generate
-from smollm.model import SmolLM
+from smollm.model import SmolLM, linear_cross_entropy
 from smollm.parallel import (
     check_parallel,
     full_state,
@@ -209,13 +209,18 @@ def restore(run: RunDir, exp: ExperimentConfig, model, optimizer, loader) -> tup
 
 class LMLoss(torch.nn.Module):
     """The model and its next-token loss as one module: torch.compile then sees both and fuses the
-    fp32 log-softmax into the logits' consumer, so (B, T, vocab) fp32 logits never materialise."""
+    fp32 log-softmax into the logits' consumer, so (B, T, vocab) fp32 logits never materialise.
+    `fused`: the output layer and the loss as one chunked op (train.fused_loss), so no (B, T,
+    vocab) logits exist at all."""
 
-    def __init__(self, model: SmolLM) -> None:
+    def __init__(self, model: SmolLM, fused: bool = False) -> None:
         super().__init__()
-        self.model = model
+        self.model, self.fused = model, fused
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.fused:
+            h = self.model.hidden(x).flatten(0, 1)
+            return linear_cross_entropy(h, self.model.lm_head.weight, y.flatten())
         logits = self.model(x)  # (B, T, vocab)
         return F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
 
@@ -348,7 +353,7 @@ def _data(data: DataConfig, ddp: Dist, progress: bool, run: RunDir, fresh: bool)
 def _wrap(raw_model: SmolLM, tc: TrainConfig, ddp: Dist, device: torch.device) -> torch.nn.Module:
     """Model + loss, under DDP when there are several ranks (unless sharded already), compiled
     when asked (one graph)."""
-    net: torch.nn.Module = LMLoss(raw_model)
+    net: torch.nn.Module = LMLoss(raw_model, fused=tc.fused_loss)
     if ddp.world_size > 1 and not is_sharded(raw_model):
         ids = [device.index] if device.type == "cuda" else None
         net = torch.nn.parallel.DistributedDataParallel(net, device_ids=ids)

@@ -132,3 +132,13 @@ def test_matching_equalises_sizes_for_every_preset_at_every_shape(match):
     with pytest.raises(ConfigError, match="no MLP width"):
         matched(ModelConfig.from_preset("v1", dim=512, n_heads=8, n_kv_heads=8),
                 ModelConfig.from_preset("full", dim=64, n_heads=4, n_kv_heads=2), 256, "params", 8)  # fmt: skip
+
+
+def test_the_fused_loss_is_refused_under_fsdp():
+    from smollm.config import TrainConfig
+
+    assert TrainConfig(max_steps=1, fused_loss=True).fused_loss
+    with pytest.raises(
+        ConfigError, match="train.fused_loss does not combine with train.parallel=fsdp"
+    ):
+        TrainConfig(max_steps=1, fused_loss=True, parallel="fsdp")

@@ -98,3 +98,28 @@ def test_init_is_small_and_seeded(tiny):
     std = a.model.layers[0].self_attn.q_proj.weight.std().item()
     assert 0.015 < std < 0.025
     assert a.model.layers[0].mlp.down_proj.weight.std().item() < std  # residual outputs scaled down
+
+
+@pytest.mark.parametrize("chunk", [7, 100, 4096])
+def test_linear_cross_entropy_equals_logits_then_cross_entropy(chunk):
+    """The chunked op gives the unfused loss and gradients, whatever the chunk (7 does not divide
+    the 100 rows); under bf16 autocast, to bf16's precision."""
+    import torch.nn.functional as F
+
+    from smollm.model import linear_cross_entropy
+
+    g = torch.Generator().manual_seed(0)
+    h0, w0 = torch.randn(100, 32, generator=g), torch.randn(300, 32, generator=g) * 0.3
+    t = torch.randint(0, 300, (100,), generator=g)
+    for amp in (False, True):
+        results = []
+        for fused in (False, True):
+            h, w = h0.clone().requires_grad_(), w0.clone().requires_grad_()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+                loss = (linear_cross_entropy(h, w, t, chunk) if fused
+                        else F.cross_entropy((h @ w.t()).float(), t))  # fmt: skip
+            (2.5 * loss).backward()  # a scaled loss (gradient accumulation's 1/accum) scales both
+            results.append((loss, h.grad, w.grad))
+        tol = {"rtol": 2e-2, "atol": 2e-3} if amp else {"rtol": 1e-5, "atol": 1e-6}
+        for a, b in zip(*results, strict=True):
+            torch.testing.assert_close(a.float(), b.float(), **tol)
