@@ -310,5 +310,6 @@ def load_for_generation(src: str | None, device: str = "auto", dtype: str = "aut
         dtype = "bf16" if dev.type == "cuda" else "fp32"
     torch_dtype = torch.bfloat16 if dtype == "bf16" else torch.float32
     model = load_pretrained(src or str(assets.packaged_gguf()), dtype=torch_dtype, device=str(dev))
+    model.fuse_projections()  # q/k/v and gate/up as one matmul each: fewer kernels per token
     name = Path(src).name if src else "SmolLM2-135M-Instruct (Q4_1 GGUF)"
     return model, model_tokenizer(src), name

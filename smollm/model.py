@@ -83,7 +83,20 @@ class SwiGLU(nn.Module):
         self.act = ACTIVATIONS[cfg.activation]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gate_up is not None:  # fused for inference: one matmul for both
+            gate, up = F.linear(x, self.gate_up, self.gate_up_bias).chunk(2, dim=-1)
+            return self.down_proj(self.act(gate) * up)
         return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+
+    gate_up: torch.Tensor | None = None  # set by SmolLM.fuse_projections
+    gate_up_bias: torch.Tensor | None = None
+
+    def fuse(self) -> None:
+        """gate_proj and up_proj's weights as one matrix (a view of each stays their parameter)."""
+        self.gate_up, self.gate_up_bias, weights, biases = _fused(self.gate_proj, self.up_proj)
+        self.gate_proj.weight, self.up_proj.weight = weights
+        if biases:
+            self.gate_proj.bias, self.up_proj.bias = biases
 
 
 class PlainMLP(nn.Module):
@@ -174,10 +187,17 @@ class Attention(nn.Module):
         cache: LayerCache | None,
     ) -> torch.Tensor:
         B, T, _ = x.shape
+        if self.qkv is not None:  # fused for inference: one matmul for q, k and v
+            kv = self.n_kv_heads * self.head_dim
+            q, k, v = F.linear(x, self.qkv, self.qkv_bias).split(
+                [self.n_heads * self.head_dim, kv, kv], dim=-1
+            )
+        else:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
         # (B, T, H*hd) -> (B, H, T, hd)
-        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
+        k = k.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = v.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         if rope is not None:
             q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
         if cache is not None:
@@ -194,6 +214,31 @@ class Attention(nn.Module):
             enable_gqa=self.n_kv_heads != self.n_heads,
         )
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))  # (B, T, dim)
+
+    qkv: torch.Tensor | None = None  # set by SmolLM.fuse_projections
+    qkv_bias: torch.Tensor | None = None
+
+    def fuse(self) -> None:
+        """q/k/v_proj's weights as one matrix (a view of each stays their parameter)."""
+        self.qkv, self.qkv_bias, weights, biases = _fused(self.q_proj, self.k_proj, self.v_proj)
+        self.q_proj.weight, self.k_proj.weight, self.v_proj.weight = weights
+        if biases:
+            self.q_proj.bias, self.k_proj.bias, self.v_proj.bias = biases
+
+
+def _fused(*linears: nn.Linear):
+    """One (sum of outs, in) weight (and bias) holding the linears' rows in order, and each
+    linear's weight (and bias) as a frozen Parameter viewing its rows: one storage, HF names."""
+    weight = torch.cat([m.weight.detach() for m in linears])
+    bias = torch.cat([m.bias.detach() for m in linears]) if linears[0].bias is not None else None
+    sizes = [m.weight.shape[0] for m in linears]
+    weights = [nn.Parameter(w, requires_grad=False) for w in weight.split(sizes)]
+    biases = (
+        [nn.Parameter(b, requires_grad=False) for b in bias.split(sizes)]
+        if bias is not None
+        else []
+    )
+    return weight, bias, weights, biases
 
 
 class DecoderLayer(nn.Module):
@@ -307,6 +352,17 @@ class SmolLM(nn.Module):
         if last_only:
             x = x[:, -1:]
         return self.lm_head(x)
+
+    def fuse_projections(self) -> SmolLM:
+        """For inference (generation, serving): each layer's q/k/v and gate/up projections become
+        one matmul each, fewer kernels per decoded token. Their parameters become frozen views
+        into the fused weights, so the state dict keeps its HF Llama names and values; call it
+        after the model has its device and dtype, and do not train it afterwards."""
+        for layer in self.model.layers:
+            layer.self_attn.fuse()
+            if isinstance(layer.mlp, SwiGLU):
+                layer.mlp.fuse()
+        return self.eval()
 
     def hidden(self, input_ids: torch.Tensor) -> torch.Tensor:
         """The final normed hidden states (B, T, dim) of unpadded sequences, which `lm_head` turns
