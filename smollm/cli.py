@@ -358,7 +358,7 @@ def run_ablation_cmd(
     config: Annotated[
         str,
         typer.Argument(
-            help="A shipped ablation's name (default, smoke, smollm2-135m) or a YAML path"
+            help="A shipped ablation's name (default, data, data-anneal, smoke, smollm2-135m, ...: experiments/) or a YAML path"
         ),
     ] = "default",
     overrides: Annotated[

@@ -195,7 +195,15 @@ def test_results_without_runs_is_a_clear_error(tmp_path):
 
 
 def test_shipped_ablation_files_are_valid():
-    for name in ("default", "smoke", "smollm2-135m", "data", "data-anneal", "data-anneal-gpu"):
+    for name in (
+        "default",
+        "smoke",
+        "smollm2-135m",
+        "smollm2-135m-smoke",
+        "data",
+        "data-anneal",
+        "data-anneal-gpu",
+    ):
         ablation = load_ablation(ROOT / "experiments" / f"{name}.yaml")
         assert ablation.baseline in [v.name for v in ablation.variants]
     for name in ("data", "data-anneal", "data-anneal-gpu"):  # data variants, one held-out text
