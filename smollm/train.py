@@ -324,10 +324,10 @@ def evaluate_and_sample(s: Session, cache, tok, exp: ExperimentConfig, tracker: 
         "val/loss": round(val.loss, 6),
         "val/ppl": round(val.perplexity, 4),
         "val/bpb": round(val.bits_per_byte, 6),
-        **{f"val/{name}/{k}": round(getattr(r, attr), 6) for name, r in val.sources.items()
-           for k, attr in (("loss", "loss"), ("bpb", "bits_per_byte"))},
+        **{f"val/{name}/loss": round(r.loss, 6) for name, r in val.sources.items()},
+        **{f"val/{name}/bpb": round(r.bits_per_byte, 6) for name, r in val.sources.items()},
         **metric_row(scores),
-    }  # fmt: skip
+    }
     tracker.log("metrics", row)
     tracker.log_samples(s.step, s.tokens, sample(s.view, tok, tc.sample_tokens, tc.seed))
     return val, scores

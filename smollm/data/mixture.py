@@ -148,11 +148,12 @@ class MixtureLoader:
             if len(self.sources[name].index) == 0:
                 raise InputError(f"mixture source {name!r}: its train split has fewer than "
                                  f"seq_len + 1 = {seq_len + 1} tokens")  # fmt: skip
-        self.batches = self.blocks = 0  # drawn so far, every rank's together
+        self.batches = 0  # drawn so far
 
     def probabilities(self) -> np.ndarray:
         """The weights in force now, normalised, in source order."""
-        weights = self.mixture.weights_at(self.blocks * self.seq_len)
+        drawn = sum(s.drawn for s in self.sources.values())  # blocks, every rank's together
+        weights = self.mixture.weights_at(drawn * self.seq_len)
         p = np.array([weights.get(name, 0.0) for name in self.names])
         return p / p.sum()
 
@@ -175,7 +176,6 @@ class MixtureLoader:
                 for pos, row in zip(where, source.take(len(where)), strict=True):
                     rows[pos] = (name, row)
         self.batches += 1
-        self.blocks += need
         mine = rows[self.rank * micro_batch : (self.rank + 1) * micro_batch]
         blocks = np.stack([self._block(name, row) for name, row in mine]).astype(np.int64)
         t = torch.from_numpy(blocks)
@@ -202,7 +202,6 @@ class MixtureLoader:
             "seed": self.seed,
             "seq_len": self.seq_len,
             "batches": self.batches,
-            "blocks": self.blocks,
             "sources": {name: s.state_dict() for name, s in self.sources.items()},
         }
 
@@ -213,7 +212,7 @@ class MixtureLoader:
             raise ValueError(
                 "data loader state was saved with a different seed, seq_len or mixture"
             )
-        self.batches, self.blocks = state["batches"], state["blocks"]
+        self.batches = state["batches"]
         for name, s in self.sources.items():
             s.load_state_dict(state["sources"][name])
 
