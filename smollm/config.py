@@ -328,7 +328,7 @@ PRESETS: dict[str, ModelConfig] = {**BASES, **{name: _preset(name, {}) for name 
 class DataConfig:
     """Which corpus, tokenised how, cut into which blocks."""
 
-    corpus: str = "sotu"  # sotu | cosmopedia-v2 | hf:<dataset>[:<config>] | a path, dir or glob
+    corpus: str = "sotu"  # sotu | chitchat | wiki | shakespeare | cosmopedia-v2 | hf:<dataset>[:<config>] | a path
     text_field: str = "text"  # column holding the text (jsonl, parquet, Hub datasets)
     tokenizer: str = (
         "smollm2"  # smollm2 | bpe-<size> (trained on the train split, e.g. bpe-8k) | a dir
