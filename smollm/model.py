@@ -91,13 +91,6 @@ class SwiGLU(nn.Module):
     gate_up: torch.Tensor | None = None  # set by SmolLM.fuse_projections
     gate_up_bias: torch.Tensor | None = None
 
-    def fuse(self) -> None:
-        """gate_proj and up_proj's weights as one matrix (a view of each stays their parameter)."""
-        self.gate_up, self.gate_up_bias, weights, biases = _fused(self.gate_proj, self.up_proj)
-        self.gate_proj.weight, self.up_proj.weight = weights
-        if biases:
-            self.gate_proj.bias, self.up_proj.bias = biases
-
 
 class PlainMLP(nn.Module):
     """down(act(up(x))): the GPT-2 style MLP of v1."""
@@ -218,27 +211,18 @@ class Attention(nn.Module):
     qkv: torch.Tensor | None = None  # set by SmolLM.fuse_projections
     qkv_bias: torch.Tensor | None = None
 
-    def fuse(self) -> None:
-        """q/k/v_proj's weights as one matrix (a view of each stays their parameter)."""
-        self.qkv, self.qkv_bias, weights, biases = _fused(self.q_proj, self.k_proj, self.v_proj)
-        self.q_proj.weight, self.k_proj.weight, self.v_proj.weight = weights
-        if biases:
-            self.q_proj.bias, self.k_proj.bias, self.v_proj.bias = biases
 
-
-def _fused(*linears: nn.Linear):
-    """One (sum of outs, in) weight (and bias) holding the linears' rows in order, and each
-    linear's weight (and bias) as a frozen Parameter viewing its rows: one storage, HF names."""
+def _fuse(*linears: nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One weight (and bias) holding the linears' rows in order; each linear's weight (and bias)
+    becomes a frozen Parameter viewing its rows: one storage, the HF names kept."""
+    sizes = [m.weight.shape[0] for m in linears]
     weight = torch.cat([m.weight.detach() for m in linears])
     bias = torch.cat([m.bias.detach() for m in linears]) if linears[0].bias is not None else None
-    sizes = [m.weight.shape[0] for m in linears]
-    weights = [nn.Parameter(w, requires_grad=False) for w in weight.split(sizes)]
-    biases = (
-        [nn.Parameter(b, requires_grad=False) for b in bias.split(sizes)]
-        if bias is not None
-        else []
-    )
-    return weight, bias, weights, biases
+    for i, m in enumerate(linears):
+        m.weight = nn.Parameter(weight.split(sizes)[i], requires_grad=False)
+        if bias is not None:
+            m.bias = nn.Parameter(bias.split(sizes)[i], requires_grad=False)
+    return weight, bias
 
 
 class DecoderLayer(nn.Module):
@@ -337,7 +321,19 @@ class SmolLM(nn.Module):
         attention_mask: (B, S) with 1 for real tokens and 0 for (left) padding, covering the cached
         positions and the new ones; None means no padding.
         """
-        B, T = input_ids.shape
+        x = self.hidden(input_ids, position_ids, attention_mask, cache)
+        return self.lm_head(x[:, -1:] if last_only else x)
+
+    def hidden(
+        self,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> torch.Tensor:
+        """The final normed hidden states (B, T, dim) that `lm_head` turns into logits (a fused
+        linear + cross-entropy takes them instead of the logits); arguments as `forward`'s."""
+        T = input_ids.shape[1]
         start = cache.length if cache is not None else 0
         if start + T > self.config.max_seq_len:
             raise InputError(
@@ -349,9 +345,7 @@ class SmolLM(nn.Module):
         x = self.model(input_ids, position_ids, mask, cache)
         if cache is not None:
             cache.advance(T)
-        if last_only:
-            x = x[:, -1:]
-        return self.lm_head(x)
+        return x
 
     def fuse_projections(self) -> SmolLM:
         """For inference (generation, serving): each layer's q/k/v and gate/up projections become
@@ -359,22 +353,13 @@ class SmolLM(nn.Module):
         into the fused weights, so the state dict keeps its HF Llama names and values; call it
         after the model has its device and dtype, and do not train it afterwards."""
         for layer in self.model.layers:
-            layer.self_attn.fuse()
+            attn = layer.self_attn
+            attn.qkv, attn.qkv_bias = _fuse(attn.q_proj, attn.k_proj, attn.v_proj)
             if isinstance(layer.mlp, SwiGLU):
-                layer.mlp.fuse()
+                layer.mlp.gate_up, layer.mlp.gate_up_bias = _fuse(
+                    layer.mlp.gate_proj, layer.mlp.up_proj
+                )
         return self.eval()
-
-    def hidden(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """The final normed hidden states (B, T, dim) of unpadded sequences, which `lm_head` turns
-        into logits (a fused linear + cross-entropy takes them instead of the logits)."""
-        length = input_ids.shape[1]
-        if length > self.config.max_seq_len:
-            raise InputError(
-                f"sequence length {length} exceeds the context length {self.config.max_seq_len}"
-            )
-        positions = positions_from_mask(None, 0, length, input_ids.device)
-        mask = build_mask(None, 0, length, input_ids.device)
-        return self.model(input_ids, positions, mask, None)
 
     def decode_step(self, tokens: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """Logits (B, vocab) of one new token per row, written at the device tensor `cache.slot`.
