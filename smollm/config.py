@@ -328,7 +328,8 @@ PRESETS: dict[str, ModelConfig] = {**BASES, **{name: _preset(name, {}) for name 
 class DataConfig:
     """Which corpus, tokenised how, cut into which blocks."""
 
-    corpus: str = "sotu"  # sotu | chitchat | wiki | shakespeare | cosmopedia-v2 | hf:<dataset>[:<config>] | a path
+    # sotu | chitchat | wiki | shakespeare | cosmopedia-v2 | hf:<dataset>[:<config>] | a path
+    corpus: str = "sotu"
     text_field: str = "text"  # column holding the text (jsonl, parquet, Hub datasets)
     tokenizer: str = (
         "smollm2"  # smollm2 | bpe-<size> (trained on the train split, e.g. bpe-8k) | a dir
@@ -461,8 +462,9 @@ class TrainConfig:
     eval_limit: int = 0  # items per task (the first N of each split); 0 = all
     parallel: str = "ddp"  # ddp | fsdp (FSDP2, under torchrun or srun -n N): how ranks share
     # weights to start from (what `smol eval --model` reads: a run dir, an HF dir, a Hub id, a
-    # .gguf; `smollm2`: the packaged SmolLM2-135M weights); the optimizer and the schedule start fresh. init_hash: a digest of their content,
-    # resolved when the run starts, so a run's identity changes with the weights, not the path
+    # .gguf; `smollm2`: the packaged SmolLM2-135M weights); the optimizer and the schedule start
+    # fresh. init_hash: a digest of their content, resolved when the run starts, so a run's
+    # identity changes with the weights, not the path
     init_from: str = ""
     init_hash: str = ""
 

@@ -119,12 +119,14 @@ def _source_columns(
 ) -> dict[str, Any]:
     """A mixture's sources: <source>_bpb (mean over seeds) and its 95% CI, and the paired Δ from
     the baseline on that source's held-out text, with its 95% CI."""
+
+    def scored(seeds: dict[int, dict[str, Any]], name: str) -> dict[int, float]:
+        return {s: r["val_sources"][name]["bpb"] for s, r in seeds.items()
+                if name in (r.get("val_sources") or {})}  # fmt: skip
+
     out: dict[str, Any] = {}
     for name in sources:
-        bpb = {s: r["val_sources"][name]["bpb"] for s, r in ok.items()
-               if name in (r.get("val_sources") or {})}  # fmt: skip
-        ref = {s: r["val_sources"][name]["bpb"] for s, r in base.items()
-               if name in (r.get("val_sources") or {})}  # fmt: skip
+        bpb, ref = scored(ok, name), scored(base, name)
         m, ci = mean_ci(list(bpb.values()))
         delta = paired_test([bpb[s] - ref[s] for s in bpb if s in ref])
         out |= {f"{name}_bpb": m, f"{name}_bpb_ci95": ci,
