@@ -12,14 +12,17 @@ Prints, for whatever CUDA GPU it runs on:
 - training tokens/s, MFU (against both peaks) and peak memory at the 135M shape for ours and
   `LlamaForCausalLM`, eager and torch.compile'd, same weights, same AdamW, bf16 autocast; ours runs
   `smollm.train.train_step` itself (the loss inside the compiled region, no per-step host sync),
-  transformers runs `torch.compile(model)` with the loss outside, as users do. The timed steps of
+  transformers runs `torch.compile(model)` with the loss outside, as users do; ours also with
+  train.fused_loss and with train.fp8=lm_head (skipped, and said so, before compute 8.9). The timed steps of
   all rows are interleaved over `--rounds` rounds (median), so clock drift hits every row alike;
 - decode tokens/s at batch 1 (greedy, bf16): transformers `generate`, ours eager, ours through a
-  CUDA graph, ours compiled + CUDA graph; whether each gives the eager path's tokens; the
-  weight-bandwidth ceiling; and GPU kernels per token (profiler) of ours eager and compiled;
-- small models (`--small`, default the `default` ablation: 15 runs at its CPU shape): the wall time
-  of `smol run ablation` one run at a time and packed (`--workers K` on this one device), the
-  speed-up, and the largest difference in final bpb between the two;
+  CUDA graph, ours compiled + CUDA graph, with fused projections, and with the greedy token picked
+  on the host (a sync per token: before) vs in the captured step (now); whether each gives the
+  eager path's tokens; the weight-bandwidth ceiling; and GPU kernels per token (profiler);
+- small models (`--small`, default the `default` ablation: 15 runs at its CPU shape; and
+  `--small-ladder FILE`, e.g. benchmarks/ladder-10m.yaml): the wall time of `smol run` one run at a
+  time and packed (`--workers K` on this one device), the speed-up, and the largest difference in
+  final bpb between the two;
 - with `--json FILE`, the headline figures (train tokens/s, MFU and causal MFU, decode tokens/s and
   kernels per token, the small ablation's speed-up) with device, torch, date and commit.
 
@@ -47,8 +50,8 @@ import torch
 import torch.nn.functional as F
 
 from smollm import ModelConfig, SmolLM, load_pretrained, save_pretrained
-from smollm.config import TrainConfig, flops_per_token
-from smollm.runtime import peak_flops, to_device
+from smollm.config import SmolError, TrainConfig, flops_per_token
+from smollm.runtime import check_fp8, peak_flops, to_device
 from smollm.train import DivergenceWatch, LMLoss, StepPlan, make_optimizer, train_step
 
 GB = 1e9
@@ -207,13 +210,17 @@ class RandomBlocks:
         return x[:, :-1].contiguous(), x[:, 1:].contiguous()
 
 
-def ours_runner(weights: str, batch: int, seq: int, compile: bool, fused: bool = False):
+def ours_runner(weights: str, batch: int, seq: int, compile: bool, fused: bool = False,
+                fp8: bool = False):  # fmt: skip
     """smollm's own training step (smollm.train.train_step) on the model loaded from `weights`;
-    `fused`: with train.fused_loss (the chunked output layer + cross-entropy)."""
+    `fused`: with train.fused_loss (the chunked output layer + cross-entropy); `fp8`: with
+    train.fp8=lm_head (the output layer's matmuls in FP8)."""
     device = DEVICE
     tc = TrainConfig(max_steps=1, compile=compile)
     raw = load_pretrained(weights, device=str(DEVICE)).train()
-    net = LMLoss(raw, fused=fused)
+    if fp8:
+        check_fp8(raw.config, seq, "lm_head", DEVICE)
+    net = LMLoss(raw, fused=fused, fp8=fp8)
     net = torch.compile(net, dynamic=False) if compile else net
     opt = make_optimizer(raw, tc, device)
     plan = StepPlan(device, torch.bfloat16, batch, 1, 1, 1.0, list(raw.parameters()))
@@ -265,6 +272,7 @@ def training(args, weights: str, cfg: ModelConfig, peaks: dict[str, float]) -> N
         ("ours, eager", ours_runner, False),
         ("ours, compiled train_step", ours_runner, True),
         ("ours, compiled, fused loss", functools.partial(ours_runner, fused=True), True),
+        ("ours, compiled, FP8 lm_head", functools.partial(ours_runner, fp8=True), True),
         ("transformers, torch.compile(model)", hf_runner, True),
     ]
     tokens = args.batch * args.seq_len
@@ -284,6 +292,9 @@ def training(args, weights: str, cfg: ModelConfig, peaks: dict[str, float]) -> N
             sync()
         except torch.OutOfMemoryError:
             say(f"{name}: out of memory at {args.batch}x{args.seq_len}")
+            continue
+        except SmolError as e:  # a switch this device cannot run (FP8 before compute 8.9)
+            say(f"{name}: not run: {e}")
             continue
         mem = (allocated(peak=True) - base) / GB
         say(
@@ -316,9 +327,12 @@ def training(args, weights: str, cfg: ModelConfig, peaks: dict[str, float]) -> N
         say(
             f"| {name} | {tokens / t:,.0f} | {mfu / peaks['datasheet']:.1%} | {tokens / t * causal / peaks['datasheet']:.1%} | {mfu / peaks['measured']:.1%} | {mem:.1f} GB | {spread:.1%} |"
         )
-        if name in ("ours, compiled train_step", "ours, compiled, fused loss"):
-            key = "train" if name == "ours, compiled train_step" else "train_fused_loss"
-            HEADLINE[f"{key}_tokens_per_s"] = round(tokens / t, 1)
+        keys = {
+            "ours, compiled, fused loss": "train_fused_loss",
+            "ours, compiled, FP8 lm_head": "train_fp8",
+        }
+        if name in keys:
+            HEADLINE[f"{keys[name]}_tokens_per_s"] = round(tokens / t, 1)
         if name == "ours, compiled train_step":
             HEADLINE.update(train_tokens_per_s=round(tokens / t, 1),
                             train_mfu=round(mfu / peaks["datasheet"], 4),
@@ -327,6 +341,7 @@ def training(args, weights: str, cfg: ModelConfig, peaks: dict[str, float]) -> N
         ("ours, eager", "transformers, eager"),
         ("ours, compiled train_step", "transformers, torch.compile(model)"),
         ("ours, compiled, fused loss", "ours, compiled train_step"),
+        ("ours, compiled, FP8 lm_head", "ours, compiled train_step"),
     ):
         if ours in rates and ref in rates:
             say(f"ratio {ours} / {ref}: {rates[ours] / rates[ref]:.2f}x")
@@ -377,6 +392,8 @@ def decode(args, weights: str, label: str) -> None:
         "ours, eager": lambda: ours.generate(ids, max_new_tokens=n, graphs=False),
         "ours, CUDA graph": lambda: ours.generate(ids, max_new_tokens=n, graphs=True),
         "ours, compiled + CUDA graph": lambda: ours.generate(ids, max_new_tokens=n, graphs=True, compile=True),
+        "ours, fused projections, compiled + CUDA graph, token picked on the host":
+            lambda: host_greedy(fused, ids, n),
         "ours, fused projections, compiled + CUDA graph":
             lambda: fused.generate(ids, max_new_tokens=n, graphs=True, compile=True),
     }  # fmt: skip
@@ -430,6 +447,7 @@ def decode(args, weights: str, label: str) -> None:
     rows = (
         "ours, eager",
         "ours, compiled + CUDA graph",
+        "ours, fused projections, compiled + CUDA graph, token picked on the host",
         "ours, fused projections, compiled + CUDA graph",
     )
     for name in rows:
@@ -439,6 +457,20 @@ def decode(args, weights: str, label: str) -> None:
             say(f"{name}: {per_token:,.1f} {unit} per token (profiler)")
             if name == rows[-1]:
                 HEADLINE["decode_kernels_per_token"] = round(per_token, 1)
+
+
+def host_greedy(model, ids: torch.Tensor, n: int) -> torch.Tensor:
+    """Greedy decoding as it ran before the token was picked inside the captured step: the graph
+    gives logits, the host takes the argmax, checks for stop tokens (a sync per token) and feeds
+    the token back (`generation._sample_loop` over a logits decoder). The "before" row."""
+    from smollm.decode import pool_for
+    from smollm.generation import _sample_loop
+
+    B, T = ids.shape
+    with torch.inference_mode(), pool_for(model).acquire(model, B, T + n, compile=True) as dec:
+        logits = dec.prefill(ids, None)
+        tokens = list(_sample_loop(logits, dec.step, B, n, 0.0, None, None, None, 0, None))
+    return torch.cat([ids, torch.stack(tokens, dim=1)], dim=1)
 
 
 def kernels_per_token(generate, n: int) -> float:
@@ -460,47 +492,57 @@ def kernels_per_token(generate, n: int) -> float:
 # ---------------------------------------------------------------------------- small models
 
 
-def small_ablation(args) -> None:
-    """A small-model ablation on this one device, one run at a time (`--workers 1`) and packed
+def small_models(args) -> None:
+    """Small models on this one device: the ablation `--small` and, with `--small-ladder`, a ladder
+    (each one run at a time and packed), then the headline speed-up (the ablation's)."""
+    small_runs(args, "ablation", args.small, args.small_workers, "small_ablation", [])
+    if args.small_ladder:
+        small_runs(args, "ladder", args.small_ladder, args.small_ladder_workers, "small_ladder",
+                   args.small_ladder_overrides)  # fmt: skip
+
+
+def small_runs(args, kind: str, config: str, workers: int, key: str, overrides: list[str]) -> None:
+    """`smol run <kind> <config>` on this one device, one run at a time (`--workers 1`) and packed
     (`--workers K`: K runs share it at once): wall time of each, the speed-up, and how far their
-    final bits per byte are apart, beside two sequential passes' own spread (the noise floor of
-    nondeterministic GPU kernels)."""
+    final bits per byte are apart, beside two sequential passes' own spread (`--small-noise`: the
+    noise floor of nondeterministic GPU kernels)."""
     import json
     import subprocess
     from pathlib import Path
 
-    def run(tag: str, workers: int) -> tuple[float, dict[str, float]]:
+    def run(tag: str, k: int) -> tuple[float, dict[str, float]]:
         root = Path(tempfile.mkdtemp(prefix=f"small-{tag}-"))
-        cmd = [sys.executable, "-m", "smollm.cli", "run", "ablation", args.small, "--runs-dir",
-               str(root / "runs"), "--results-dir", str(root / "results"), "--workers", str(workers),
-               "--quiet", "tracking.mode=disabled"]  # fmt: skip
+        cmd = [sys.executable, "-m", "smollm.cli", "run", kind, config, "--runs-dir",
+               str(root / "runs"), "--results-dir", str(root / "results"), "--workers", str(k),
+               "--quiet", "tracking.mode=disabled", *overrides]  # fmt: skip
         t = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True)
         wall = time.perf_counter() - t
         if proc.returncode != 0:
             raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
-        bpb = {p.parent.name: json.loads(p.read_text())["val_bpb"]
-               for p in (root / "runs").glob(f"{Path(args.small).stem}/*/summary.json")}  # fmt: skip
+        bpb = {str(p.parent.relative_to(root)): json.loads(p.read_text())["val_bpb"]
+               for p in (root / "runs").rglob("summary.json") if p.parent.name != "summary"}  # fmt: skip
         return wall, bpb
 
     seq, bpb_seq = run("seq", 1)
-    packed, bpb_packed = run("packed", args.small_workers)
+    packed, bpb_packed = run("packed", workers)
     apart = max(abs(bpb_packed[k] - bpb_seq[k]) for k in bpb_seq)
     noise = None
     if args.small_noise:  # a second sequential pass: what the kernels' own nondeterminism gives
         _, bpb_again = run("seq2", 1)
         noise = max(abs(bpb_again[k] - bpb_seq[k]) for k in bpb_seq)
     speedup = seq / packed
-    say(f"\nSmall-model ablation `{args.small}` ({len(bpb_seq)} runs) on one device:")
+    say(f"\nSmall models: {kind} `{config}` ({len(bpb_seq)} runs) on one device:")
     say("| how | wall time | speed-up |")
     say("|---|---:|---:|")
     say(f"| one run at a time (--workers 1) | {seq:.0f} s | 1.0x |")
-    say(f"| packed (--workers {args.small_workers}) | {packed:.0f} s | {speedup:.2f}x |")
+    say(f"| packed (--workers {workers}) | {packed:.0f} s | {speedup:.2f}x |")
     floor = (f"two sequential passes: {noise:.2e}" if noise is not None
              else "--small-noise adds the sequential passes' own spread")  # fmt: skip
     say(f"final bpb, packed vs sequential: max |diff| {apart:.2e} ({floor})")
-    HEADLINE.update(small_ablation_speedup=round(speedup, 2), small_ablation_runs=len(bpb_seq),
-                    small_ablation_max_bpb_diff=apart, small_ablation_noise_bpb_diff=noise)  # fmt: skip
+    HEADLINE.update({f"{key}_speedup": round(speedup, 2), f"{key}_runs": len(bpb_seq),
+                     f"{key}_seconds": [round(seq, 1), round(packed, 1)],
+                     f"{key}_max_bpb_diff": apart, f"{key}_noise_bpb_diff": noise})  # fmt: skip
 
 
 # ---------------------------------------------------------------------------- main
@@ -531,6 +573,12 @@ def main() -> None:
     p.add_argument(
         "--small-workers", type=int, default=5, help="runs packed onto the device at once"
     )
+    p.add_argument("--small-ladder", default="",
+                   help="also this ladder (a YAML path, e.g. benchmarks/ladder-10m.yaml), sequential vs packed")  # fmt: skip
+    p.add_argument("--small-ladder-workers", type=int, default=6,
+                   help="the ladder's runs packed onto the device at once")  # fmt: skip
+    p.add_argument("--small-ladder-overrides", nargs="*", default=[],
+                   help="key=value overrides of the ladder's runs (e.g. data.tokenizer=.gpu/tok)")  # fmt: skip
     p.add_argument("--small-noise", action="store_true",
                    help="also a second sequential pass: the noise floor of the bpb comparison")  # fmt: skip
     p.add_argument("--out", help="also write the output to this file")
@@ -539,11 +587,18 @@ def main() -> None:
     )
     p.add_argument("--dry-run", action="store_true",
                    help="no GPU: run every section on the CPU with a 2-layer model (checks the script, measures nothing)")  # fmt: skip
+    p.add_argument("--merge", nargs="+", metavar="JSON",
+                   help="no benchmark: merge these --json files (a measured figure beats a null) into --json")  # fmt: skip
     args = p.parse_args()
+    if args.merge:
+        merge_headlines(args.merge, args.json)
+        return
     overrides = {}
     if args.dry_run:
         DEVICE = torch.device("cpu")
         args.small, args.small_workers = "smoke", 2  # the CI-sized ablation: seconds, not minutes
+        if args.small_ladder:
+            args.small_ladder, args.small_ladder_workers = tiny_ladder(args.small_ladder), 2
         overrides = dict(
             dim=64, n_layers=2, n_heads=4, n_kv_heads=2, intermediate_size=128, vocab_size=512
         )
@@ -582,7 +637,7 @@ def main() -> None:
             "attention": lambda: attention_backends(args.batch, args.seq_len, cfg),
             "train": lambda: training(args, weights, cfg, peaks),
             "decode": lambda: decode(args, decode_weights, args.model or "random init"),
-            "small": lambda: small_ablation(args),
+            "small": lambda: small_models(args),
         }
         for section, fn in sections.items():
             if section not in only or (section == "attention" and DEVICE.type != "cuda"):
@@ -596,6 +651,46 @@ def main() -> None:
             f.write("\n".join(LINES) + "\n")
     if args.json:
         write_headline(args.json)
+
+
+def merge_headlines(paths: list[str], out: str | None) -> None:
+    """The headline figures of several calls (train, decode, small) as one gpu-<device>.json: a
+    figure some file measured wins over another's null; printed, and written to `out`."""
+    import json
+
+    merged: dict = {}
+    for path in paths:
+        with open(path) as f:
+            for k, v in json.load(f).items():
+                if v is not None or k not in merged:
+                    merged[k] = v
+    text = json.dumps(merged, indent=2) + "\n"
+    print(text, end="")
+    if out:
+        with open(out, "w") as f:
+            f.write(text)
+
+
+def tiny_ladder(path: str) -> str:
+    """The ladder at `path` cut to a CPU-sized copy for --dry-run: one rung of a 2-layer model,
+    a few steps of 2 x 64 tokens, fp32, not compiled, a small BPE (checks the path, not speed)."""
+    import yaml
+
+    with open(path) as f:
+        raw = yaml.safe_load(f)
+    raw["name"] = f"{raw['name']}-dry-run"
+    base = raw["base"]
+    base["model"] = {"max_seq_len": 64}
+    base["data"] = {**base["data"], "seq_len": 64, "tokenizer": "bpe-512"}
+    base["train"] = {**base["train"], "batch_size": 2, "micro_batch_size": 2, "dtype": "fp32",
+                     "compile": False, "eval_blocks": 2}  # fmt: skip
+    shape = {"dim": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "intermediate_size": 128}
+    raw["rungs"] = [{"name": "tiny", "model": shape, "tokens": 3 * 2 * 64}]
+    raw["match_multiple"] = 1  # so tiny MLPs can match
+    out = os.path.join(tempfile.mkdtemp(prefix="ladder-dry-"), "ladder.yaml")
+    with open(out, "w") as f:
+        yaml.safe_dump(raw, f)
+    return out
 
 
 def write_headline(path: str) -> None:

@@ -449,6 +449,9 @@ class TrainConfig:
     # the output layer and the loss as one chunked op (smollm.model.LinearCrossEntropy): the
     # (tokens, vocab) logits never exist whole; off by default (another summation order)
     fused_loss: bool = False
+    # lm_head: the output layer's matmuls in FP8 (smollm.model.FP8Linear; CPU, or a GPU of compute
+    # capability >= 8.9); "" (the default): none. Changes numerics, so opt-in: an ablation measures it
+    fp8: str = ""
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     eval_every: int = 50
     eval_blocks: int = 32  # validation blocks per evaluation (the same ones every time); 0 = all
@@ -475,8 +478,14 @@ class TrainConfig:
             raise ConfigError(f"train.schedule={self.schedule!r}: choose wsd or cosine")
         if self.dtype not in ("auto", "fp32", "bf16"):
             raise ConfigError(f"train.dtype={self.dtype!r}: choose auto, fp32 or bf16")
-        if self.fused_loss and self.parallel == "fsdp":
-            raise ConfigError("train.fused_loss does not combine with train.parallel=fsdp yet: "
+        if self.fp8 not in ("", "lm_head"):
+            raise ConfigError(f"train.fp8={self.fp8!r}: choose lm_head, or leave it empty (no FP8)")
+        if self.fp8 and self.fused_loss:
+            raise ConfigError("train.fp8=lm_head does not combine with train.fused_loss yet: "
+                              "choose one way to run the output layer")  # fmt: skip
+        if (self.fused_loss or self.fp8) and self.parallel == "fsdp":
+            raise ConfigError(f"train.{'fp8' if self.fp8 else 'fused_loss'} does not combine with "
+                              "train.parallel=fsdp yet: "
                               "its output layer is read outside the sharded module")  # fmt: skip
         check_ranges("train", self, TRAIN_RANGES)
         if self.max_steps <= 0 and self.max_tokens <= 0:

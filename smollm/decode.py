@@ -5,7 +5,9 @@ from Python, not by reading the weights (an H100 reads them in ~0.1 ms). So the 
 fixed shapes — a cache of a bucketed length, the write position as a device tensor, attention over
 the whole buffer masked by `KVCache.valid` (`SmolLM.decode_step`) — captured once per (batch,
 length) bucket and replayed. `compile=True` also fuses the step's elementwise work with
-torch.compile first (fewer, larger kernels; a compile per bucket). Decoders are pooled per model
+torch.compile first (fewer, larger kernels; a compile per bucket). A greedy decoder's step also
+picks the token, marks rows that met a stop token and feeds the token back (`greedy_step`), so a
+token is one replay and the host reads nothing back unless stop tokens can end the generation. Decoders are pooled per model
 and reused across generations; one generation holds one decoder at a time.
 
 On CPU the same step runs eagerly, which is what the CPU tests check (tokens equal to the
@@ -27,6 +29,8 @@ from smollm.kvcache import KVCache
 Out = TypeVar("Out")
 
 MIN_LENGTH = 256  # shortest cache bucket: short generations share one graph
+MAX_STOP_TOKENS = 8  # stop tokens a greedy graph checks (more: sampled on the host)
+WARMUP = 3  # calls before a capture (compile, kernel choice, library handles)
 
 
 def bucket(n: int, minimum: int = 1, cap: int | None = None) -> int:
@@ -61,23 +65,41 @@ def capture(run: Callable[[], Out], warmup: int, pool=None) -> tuple[torch.cuda.
     return graph, out
 
 
-class StaticDecoder:
-    """One cache and one captured decode step for a fixed (batch, length)."""
+def greedy_step(model, tokens, cache, done, eos, pad) -> torch.Tensor:
+    """One static decode step that also picks the greedy token and feeds it back, so that a
+    captured graph of it is the whole of a greedy token: the next tokens (B,), pad in rows that
+    already met a stop token (`done`, updated). The host never sees the logits."""
+    logits = model.decode_step(tokens, cache)  # (B, vocab)
+    token = torch.where(done, pad, logits.argmax(-1))
+    done |= torch.isin(token, eos)
+    tokens.copy_(token[:, None])  # the next step's input
+    cache.slot.add_(1)  # and its position
+    return token
 
-    def __init__(self, model, batch_size: int, max_len: int, graph: bool, compile: bool) -> None:
+
+class StaticDecoder:
+    """One cache and one captured decode step for a fixed (batch, length).
+
+    `greedy=False`: the step gives logits and the caller samples (`step`). `greedy=True`: the
+    step is `greedy_step` (`start`, then `next_token`): one replay per token and nothing else,
+    no host sync unless stop tokens were given."""
+
+    def __init__(self, model, batch_size: int, max_len: int, graph: bool, compile: bool,
+                 greedy: bool = False) -> None:  # fmt: skip
         param = next(model.parameters())
-        self.model, self.batch_size = model, batch_size
+        self.model, self.batch_size, self.greedy = model, batch_size, greedy
         self.cache = KVCache(model.config, batch_size, max_len, param.dtype, param.device)
         self.cache.valid = torch.zeros(batch_size, max_len, dtype=torch.bool, device=param.device)
         self.tokens = torch.zeros(batch_size, 1, dtype=torch.long, device=param.device)
         self.slot = torch.zeros(1, dtype=torch.long, device=param.device)
-        self.fn = (
-            torch.compile(model.decode_step, fullgraph=True, dynamic=False)
-            if compile
-            else model.decode_step
-        )
+        # greedy: rows done, the stop tokens (unused places -1: never a token), the pad token
+        self.done = torch.zeros(batch_size, dtype=torch.bool, device=param.device)
+        self.eos = torch.full((MAX_STOP_TOKENS,), -1, dtype=torch.long, device=param.device)
+        self.pad = torch.zeros((), dtype=torch.long, device=param.device)
+        step = greedy_step if greedy else type(model).decode_step
+        self.fn = torch.compile(step, fullgraph=True, dynamic=False) if compile else step
         self.graph: torch.cuda.CUDAGraph | None = None
-        self.logits: torch.Tensor | None = None
+        self.out: torch.Tensor | None = None  # the captured step's output: logits, or tokens
         if graph:
             self._capture()
 
@@ -85,14 +107,18 @@ class StaticDecoder:
     def _run(self) -> torch.Tensor:
         self.cache.slot = self.slot
         try:
-            return self.fn(self.tokens, self.cache)
+            if self.greedy:
+                return self.fn(self.model, self.tokens, self.cache, self.done, self.eos, self.pad)
+            return self.fn(self.model, self.tokens, self.cache)
         finally:
             self.cache.slot = None
 
     def _capture(self) -> None:
-        self.slot.fill_(self.cache.max_len - 1)
-        self.graph, self.logits = capture(self._run, warmup=3)
-        self.cache.valid.zero_()  # the warm-up wrote the last slot; nothing is valid yet
+        # the warm-up calls run (a greedy step moves the slot on by one each), the capture does not
+        self.slot.fill_(self.cache.max_len - WARMUP)
+        self.graph, self.out = capture(self._run, warmup=WARMUP)
+        self.cache.valid.zero_()  # the warm-up wrote the last slots; nothing is valid yet
+        self.done.zero_()
 
     def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
         """Run the prompt (B, T) through the model into the cache; logits of its last token (B, vocab)."""
@@ -110,27 +136,53 @@ class StaticDecoder:
         self.cache.valid[:, :T] = True if attention_mask is None else attention_mask.bool()
         return logits[:B, -1]
 
-    def step(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Append one token per row (B,); logits of the next (B, vocab)."""
+    def _check_room(self) -> None:
         if self.cache.length >= self.cache.max_len:
             raise ValueError(
                 f"KV cache overflow: position {self.cache.length + 1} > {self.cache.max_len}"
             )
+
+    def _feed(self, tokens: torch.Tensor) -> None:
+        """tokens (B,) as the next step's input, at the next position (rows past B: the last row's)."""
         B = tokens.shape[0]
         self.tokens[:B, 0] = tokens
         self.tokens[B:, 0] = tokens[-1]
         self.slot.fill_(self.cache.length)
-        if self.graph is not None:
-            self.graph.replay()
-            logits = self.logits
-        else:
-            logits = self._run()
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Append one token per row (B,); logits of the next (B, vocab)."""
+        self._check_room()
+        self._feed(tokens)
+        logits = self._replay()
         self.cache.advance(1)
-        return logits[:B]
+        return logits[: tokens.shape[0]]
+
+    def start(self, tokens: torch.Tensor, stop: list[int], pad: int) -> None:
+        """Greedy decoding from the prompt's first new tokens (B,): they are fed next; rows that
+        meet a token of `stop` (at most MAX_STOP_TOKENS) continue with `pad`."""
+        self._feed(tokens)
+        self.eos.fill_(-1)
+        self.eos[: len(stop)] = torch.tensor(stop, dtype=torch.long)
+        self.pad.fill_(pad)
+        torch.isin(self.tokens[:, 0], self.eos, out=self.done)
+
+    def next_token(self) -> torch.Tensor:
+        """The next greedy token of every row of the bucket (batch_size,): one replay (greedy)."""
+        self._check_room()
+        token = self._replay()
+        self.cache.advance(1)
+        return token
+
+    def _replay(self) -> torch.Tensor:
+        if self.graph is None:
+            return self._run()
+        self.graph.replay()
+        return self.out
 
 
 class DecoderPool:
-    """Decoders by (batch bucket, length bucket, compile), created on first use and then reused."""
+    """Decoders by (batch bucket, length bucket, compile, greedy), created on first use and then
+    reused."""
 
     def __init__(self) -> None:
         self._free: dict[tuple, list[StaticDecoder]] = {}
@@ -138,17 +190,18 @@ class DecoderPool:
 
     @contextlib.contextmanager
     def acquire(
-        self, model, batch_size: int, length: int, compile: bool = False
+        self, model, batch_size: int, length: int, compile: bool = False, greedy: bool = False
     ) -> Iterator[StaticDecoder]:
         """A decoder for at least `batch_size` rows and `length` positions, held until the block ends."""
         cap = model.config.max_seq_len
-        key = (bucket(batch_size), bucket(length, MIN_LENGTH, cap), compile, *weights_key(model))
+        key = (bucket(batch_size), bucket(length, MIN_LENGTH, cap), compile, greedy,
+               *weights_key(model))  # fmt: skip
         with self._lock:
             free = self._free.setdefault(key, [])
             decoder = free.pop() if free else None
         if decoder is None:
             graph = next(model.parameters()).device.type == "cuda"
-            decoder = StaticDecoder(model, key[0], key[1], graph=graph, compile=compile)
+            decoder = StaticDecoder(model, key[0], key[1], graph, compile, greedy)
         try:
             yield decoder
         finally:

@@ -10,7 +10,7 @@ from collections.abc import Iterator, Sequence
 import torch
 
 from smollm.config import InputError
-from smollm.decode import pool_for
+from smollm.decode import MAX_STOP_TOKENS, pool_for
 from smollm.kvcache import KVCache
 
 
@@ -140,12 +140,26 @@ def stream(
 def _static_stream(
     model, input_ids, attention_mask, max_new_tokens, compile, sampling
 ) -> Iterator[torch.Tensor]:
-    """`stream` through a pooled static-shape decoder (`smollm.decode`): CUDA graphs on a GPU."""
+    """`stream` through a pooled static-shape decoder (`smollm.decode`): CUDA graphs on a GPU.
+    Greedy decoding picks each token inside the step (one replay per token, no host sync unless
+    stop tokens can end it); sampling reads the logits back and samples here."""
     B, T = input_ids.shape
+    temperature, eos_token_id, pad_token_id = sampling[0], sampling[3], sampling[4]
+    stop = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id or [])
+    greedy = temperature <= 0.0 and len(stop) <= MAX_STOP_TOKENS
     padded = attention_mask is not None and not bool(attention_mask.all())
-    with pool_for(model).acquire(model, B, T + max_new_tokens, compile) as decoder:
+    with pool_for(model).acquire(model, B, T + max_new_tokens, compile, greedy) as decoder:
         logits = decoder.prefill(input_ids, attention_mask if padded else None)
-        yield from _sample_loop(logits, decoder.step, B, max_new_tokens, *sampling)
+        if not greedy:
+            yield from _sample_loop(logits, decoder.step, B, max_new_tokens, *sampling)
+            return
+        token = logits.argmax(-1)
+        yield token
+        decoder.start(token, stop, pad_token_id)
+        for _ in range(max_new_tokens - 1):
+            if stop and bool(decoder.done[:B].all()):
+                return
+            yield decoder.next_token()[:B].clone()  # the graph rewrites its output at each replay
 
 
 def _sample_loop(

@@ -457,3 +457,46 @@ def linear_cross_entropy(
     """`F.cross_entropy((hidden @ weight.T).float(), targets)` without materialising the logits
     (LinearCrossEntropy). hidden (N, dim), weight (vocab, dim), targets (N,)."""
     return LinearCrossEntropy.apply(hidden, weight, targets, chunk)
+
+
+def to_fp8(x: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """x in an FP8 format, scaled so that its largest magnitude is the format's largest (one scale
+    per tensor, from this tensor: "dynamic tensorwise"), and the fp32 scale that undoes it."""
+    top = torch.finfo(dtype).max
+    scale = x.detach().abs().amax().float().clamp(min=1e-12) / top
+    return (x.float() / scale).clamp(-top, top).to(dtype), scale
+
+
+class FP8Linear(torch.autograd.Function):
+    """`x @ weight.T` with both operands in float8_e4m3 and the output gradient in float8_e5m2
+    (more range, less precision, as gradients need), each with its own dynamic tensorwise scale;
+    products accumulate in fp32 (`torch._scaled_mm`: FP8 tensor cores on sm89+ GPUs). Only the
+    FP8 copies are kept for the backward. Changes numerics: opt-in (train.fp8=lm_head)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        x8, sx = to_fp8(x, torch.float8_e4m3fn)  # (N, dim)
+        w8, sw = to_fp8(weight, torch.float8_e4m3fn)  # (vocab, dim)
+        ctx.save_for_backward(x8, sx, w8, sw)
+        ctx.dtypes = x.dtype, weight.dtype
+        # _scaled_mm wants its first operand row-major and its second column-major
+        return torch._scaled_mm(x8, w8.t(), scale_a=sx, scale_b=sw, out_dtype=torch.bfloat16)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x8, sx, w8, sw = ctx.saved_tensors
+        g8, sg = to_fp8(grad, torch.float8_e5m2)  # (N, vocab)
+        grad_x = torch._scaled_mm(  # (N, vocab) @ (vocab, dim)
+            g8, w8.t().contiguous().t(), scale_a=sg, scale_b=sw, out_dtype=torch.bfloat16
+        )
+        grad_w = torch._scaled_mm(  # (vocab, N) @ (N, dim)
+            g8.t().contiguous(), x8.t().contiguous().t(), scale_a=sg, scale_b=sx,
+            out_dtype=torch.float32,
+        )  # fmt: skip
+        return grad_x.to(ctx.dtypes[0]), grad_w.to(ctx.dtypes[1])
+
+
+def fp8_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """`F.linear(x, weight)` (no bias) through FP8 matmuls (FP8Linear); x (..., dim) -> (..., out),
+    in bf16."""
+    return FP8Linear.apply(x.flatten(0, -2), weight).unflatten(0, x.shape[:-1])

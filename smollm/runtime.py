@@ -88,6 +88,21 @@ def resolve_device(name: str, local_rank: int) -> torch.device:
     return torch.device(name)
 
 
+def check_fp8(model: ModelConfig, seq_len: int, fp8: str, device: torch.device) -> None:
+    """train.fp8 on a GPU needs FP8 tensor cores (compute capability >= 8.9: Ada, Hopper) and
+    cuBLAS's FP8 shapes (every matrix side a multiple of 16); on CPU any shape runs."""
+    if not fp8 or device.type != "cuda":
+        return
+    major, minor = torch.cuda.get_device_capability(device)
+    if (major, minor) < (8, 9):
+        raise SmolError(f"train.fp8={fp8}: {torch.cuda.get_device_name(device)} (compute "
+                        f"capability {major}.{minor}) has no FP8 matmuls; they need 8.9 or newer")  # fmt: skip
+    sides = {"model.dim": model.dim, "the vocabulary": model.vocab_size, "data.seq_len": seq_len}
+    odd = [f"{name} {n}" for name, n in sides.items() if n % 16]
+    if odd:
+        raise SmolError(f"train.fp8={fp8} on a GPU needs multiples of 16: {', '.join(odd)}")
+
+
 def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
     """bf16 autocast on CUDA by default, fp32 on CPU unless asked."""
     choice = cfg.dtype if cfg.dtype != "auto" else ("bf16" if device.type == "cuda" else "fp32")

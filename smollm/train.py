@@ -52,7 +52,7 @@ from smollm.data import BlockLoader, evaluate, make_loader, prepare
 from smollm.data.mixture import sources as mixture_sources
 from smollm.evals import Downstream, metric_row
 from smollm.generation import generate
-from smollm.model import SmolLM, linear_cross_entropy
+from smollm.model import SmolLM, fp8_linear, linear_cross_entropy
 from smollm.parallel import (
     check_parallel,
     full_state,
@@ -68,6 +68,7 @@ from smollm.runtime import (
     PreemptionFlag,
     Throughput,
     autocast_dtype,
+    check_fp8,
     check_memory,
     init_distributed,
     peak_flops,
@@ -211,17 +212,21 @@ class LMLoss(torch.nn.Module):
     """The model and its next-token loss as one module: torch.compile then sees both and fuses the
     fp32 log-softmax into the logits' consumer, so (B, T, vocab) fp32 logits never materialise.
     `fused`: the output layer and the loss as one chunked op (train.fused_loss), so no (B, T,
-    vocab) logits exist at all."""
+    vocab) logits exist at all. `fp8`: the output layer's matmuls in FP8 (train.fp8=lm_head);
+    evaluation and generation still run it in the model's own precision."""
 
-    def __init__(self, model: SmolLM, fused: bool = False) -> None:
+    def __init__(self, model: SmolLM, fused: bool = False, fp8: bool = False) -> None:
         super().__init__()
-        self.model, self.fused = model, fused
+        self.model, self.fused, self.fp8 = model, fused, fp8
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.fused:
             h = self.model.hidden(x).flatten(0, 1)
             return linear_cross_entropy(h, self.model.lm_head.weight, y.flatten())
-        logits = self.model(x)  # (B, T, vocab)
+        if self.fp8:
+            logits = fp8_linear(self.model.hidden(x), self.model.lm_head.weight)
+        else:
+            logits = self.model(x)  # (B, T, vocab)
         return F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
 
 
@@ -353,7 +358,7 @@ def _data(data: DataConfig, ddp: Dist, progress: bool, run: RunDir, fresh: bool)
 def _wrap(raw_model: SmolLM, tc: TrainConfig, ddp: Dist, device: torch.device) -> torch.nn.Module:
     """Model + loss, under DDP when there are several ranks (unless sharded already), compiled
     when asked (one graph)."""
-    net: torch.nn.Module = LMLoss(raw_model, fused=tc.fused_loss)
+    net: torch.nn.Module = LMLoss(raw_model, fused=tc.fused_loss, fp8=tc.fp8 == "lm_head")
     if ddp.world_size > 1 and not is_sharded(raw_model):
         ids = [device.index] if device.type == "cuda" else None
         net = torch.nn.parallel.DistributedDataParallel(net, device_ids=ids)
@@ -392,6 +397,12 @@ def train(
             _repair_records(run)
         cache, tok = _data(exp.data, ddp, progress, run, fresh)
         exp = resolve_experiment(exp, len(tok))  # before anything is compared or saved
+        try:
+            check_fp8(exp.model, exp.data.seq_len, exp.train.fp8, device)
+        except SmolError:
+            if fresh:
+                shutil.rmtree(run.path, ignore_errors=True)
+            raise
         exp, init = _initial(exp)
         changes = run.experiment_changes(exp.to_dict())
         if ddp.main and (replace == "always" or (replace == "if-changed" and changes)):

@@ -67,3 +67,36 @@ def test_compiled_loss_and_gradients_equal_the_plain_eager_ones(fused, backend):
     for n, p in model.named_parameters():
         torch.testing.assert_close(p.grad, grads[n], rtol=1e-4, atol=1e-5, msg=n)
     assert counters["stats"]["unique_graphs"] == 1 and sum(counters["graph_break"].values()) == 0
+
+
+def test_the_fp8_output_layer_compiles_to_one_graph_with_the_eager_numbers():
+    """train.fp8=lm_head: the whole loss (its FP8 autograd Function) traced as one graph with no
+    breaks or recompiles, and inductor's kernels for the FP8 op (casts, scales, `_scaled_mm`)
+    give eager's loss and gradients exactly."""
+    import torch.nn.functional as F
+
+    from smollm.model import fp8_linear
+
+    torch.manual_seed(0)
+    model = SmolLM(ModelConfig.from_preset("full", **{**SMALL, "n_layers": 2})).train()
+    compiled = torch.compile(LMLoss(model, fp8=True), backend="aot_eager", dynamic=False)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for seed in range(2):
+            compiled(*batch(seed)).backward()
+    assert counters["stats"]["unique_graphs"] == 1 and sum(counters["graph_break"].values()) == 0
+
+    g = torch.Generator().manual_seed(0)
+    h0, w0 = torch.randn(64, 72, generator=g), torch.randn(256, 72, generator=g) * 0.05
+    t = torch.randint(0, 256, (64,), generator=g)
+
+    def loss(h, w):
+        return F.cross_entropy(fp8_linear(h, w).float(), t)
+
+    results = []
+    for fn in (loss, torch.compile(loss, fullgraph=True, dynamic=False)):
+        h, w = h0.clone().requires_grad_(), w0.clone().requires_grad_()
+        out = fn(h, w)
+        out.backward()
+        results.append((out, h.grad, w.grad))
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

@@ -1,4 +1,5 @@
 import dataclasses
+import re
 
 import pytest
 import torch
@@ -134,11 +135,29 @@ def test_matching_equalises_sizes_for_every_preset_at_every_shape(match):
                 ModelConfig.from_preset("full", dim=64, n_heads=4, n_kv_heads=2), 256, "params", 8)  # fmt: skip
 
 
-def test_the_fused_loss_is_refused_under_fsdp():
-    from smollm.config import TrainConfig
+def test_the_output_layer_switches_are_refused_where_they_cannot_run(monkeypatch):
+    """fused_loss and fp8 read the output layer outside FSDP's sharded module; they are two ways
+    to run that layer; FP8 on a GPU needs compute capability 8.9 and multiples of 16."""
+    from smollm.config import SmolError, TrainConfig
+    from smollm.runtime import check_fp8
 
     assert TrainConfig(max_steps=1, fused_loss=True).fused_loss
-    with pytest.raises(
-        ConfigError, match="train.fused_loss does not combine with train.parallel=fsdp"
-    ):
-        TrainConfig(max_steps=1, fused_loss=True, parallel="fsdp")
+    assert TrainConfig(max_steps=1, fp8="lm_head").fp8 == "lm_head"
+    refused = [({"fused_loss": True, "parallel": "fsdp"}, "train.fused_loss does not combine with train.parallel=fsdp"),
+               ({"fp8": "lm_head", "parallel": "fsdp"}, "train.fp8 does not combine with train.parallel=fsdp"),
+               ({"fp8": "lm_head", "fused_loss": True}, "train.fp8=lm_head does not combine with train.fused_loss"),
+               ({"fp8": "all"}, "train.fp8='all': choose lm_head, or leave it empty")]  # fmt: skip
+    for kwargs, match in refused:
+        with pytest.raises(ConfigError, match=re.escape(match)):
+            TrainConfig(max_steps=1, **kwargs)
+    model = ModelConfig.from_preset("smollm2-135m")
+    check_fp8(model, 100, "lm_head", torch.device("cpu"))  # any shape on CPU
+    check_fp8(model, 100, "", torch.device("cuda"))  # no FP8: nothing asked of the GPU
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda d=None: "NVIDIA A100-SXM4-80GB")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d=None: (8, 0))
+    with pytest.raises(SmolError, match=r"A100-SXM4-80GB \(compute capability 8.0\) has no FP8"):
+        check_fp8(model, 2048, "lm_head", torch.device("cuda"))
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d=None: (9, 0))
+    check_fp8(model, 2048, "lm_head", torch.device("cuda"))
+    with pytest.raises(SmolError, match="multiples of 16: model.dim 72, data.seq_len 100"):
+        check_fp8(dataclasses.replace(model, dim=72), 100, "lm_head", torch.device("cuda"))

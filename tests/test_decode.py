@@ -108,4 +108,51 @@ def test_cuda_graph_replay_gives_the_eager_tokens(tiny, dtype):
         pass
     assert dec.graph is not None
     graphed = model.generate(ids, max_new_tokens=40, graphs=True)
-    assert torch.equal(graphed, model.generate(ids, max_new_tokens=40, graphs=False))
+    eager = model.generate(ids, max_new_tokens=40, graphs=False)
+    assert torch.equal(graphed, eager)
+    stop = {"eos_token_id": [int(eager[0, 20]), int(eager[1, 30])], "pad_token_id": 3}
+    assert torch.equal(  # greedy with stop tokens: checked in the graph
+        model.generate(ids, max_new_tokens=40, graphs=True, **stop),
+        model.generate(ids, max_new_tokens=40, graphs=False, **stop),
+    )
+    kw = {"max_new_tokens": 25, "temperature": 0.9, "top_k": 20}  # sampled on the host
+    a = model.generate(ids, graphs=True, generator=torch.Generator("cuda").manual_seed(3), **kw)
+    b = model.generate(ids, graphs=False, generator=torch.Generator("cuda").manual_seed(3), **kw)
+    assert torch.equal(a, b)
+
+
+def test_greedy_decoding_picks_in_the_step_and_syncs_only_for_stop_tokens(tiny, monkeypatch):
+    """Greedy static decoding picks and feeds back each token inside the step (`greedy_step`,
+    what a CUDA graph captures), so the host reads nothing back per token: the reads of device
+    values do not grow with the tokens generated unless stop tokens can end the generation.
+    Stop tokens (up to MAX_STOP_TOKENS in the step, more on the host) give the dynamic tokens."""
+    from smollm.decode import MAX_STOP_TOKENS
+
+    model = make(tiny)
+    ids = torch.randint(0, tiny.vocab_size, (2, 5))
+    reads = {"n": 0}
+    for name in ("__bool__", "item", "tolist"):
+        real = getattr(torch.Tensor, name)
+
+        def counted(self, *a, real=real, **kw):
+            reads["n"] += 1
+            return real(self, *a, **kw)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+
+    def reads_for(n: int, **kw) -> int:
+        reads["n"] = 0
+        list(model.generate(ids, max_new_tokens=n, graphs=True, **kw))
+        return reads["n"]
+
+    assert reads_for(40) == reads_for(10)  # no per-token sync
+    assert reads_for(40, eos_token_id=tiny.vocab_size - 1) > reads_for(
+        10, eos_token_id=tiny.vocab_size - 1
+    )
+    monkeypatch.undo()
+    dynamic = model.generate(ids, max_new_tokens=30, graphs=False)
+    ends = [int(dynamic[0, 12]), int(dynamic[1, 20])]
+    for stop in (ends, [*range(MAX_STOP_TOKENS), *ends]):  # in the step; too many: on the host
+        a = model.generate(ids, max_new_tokens=30, graphs=True, eos_token_id=stop, pad_token_id=7)
+        b = model.generate(ids, max_new_tokens=30, graphs=False, eos_token_id=stop, pad_token_id=7)
+        assert torch.equal(a, b) and a.shape[1] < dynamic.shape[1]

@@ -123,3 +123,38 @@ def test_linear_cross_entropy_equals_logits_then_cross_entropy(chunk):
         tol = {"rtol": 2e-2, "atol": 2e-3} if amp else {"rtol": 1e-5, "atol": 1e-6}
         for a, b in zip(*results, strict=True):
             torch.testing.assert_close(a.float(), b.float(), **tol)
+
+
+def test_fp8_linear_is_the_scaled_fp8_product_and_tracks_the_plain_one():
+    """train.fp8=lm_head: the forward is exactly the product of the dequantised FP8 operands
+    (scales undo the casts), the gradients are those of the FP8 product of the output gradient,
+    and all of them follow the plain bf16-free product to FP8's precision (cosine > 0.999)."""
+    import torch.nn.functional as F
+
+    from smollm.model import fp8_linear, to_fp8
+
+    g = torch.Generator().manual_seed(0)
+    x0, w0 = torch.randn(3, 40, 48, generator=g), torch.randn(300, 48, generator=g) * 0.05
+    t = torch.randint(0, 300, (3, 40), generator=g)
+    results = []
+    for fp8 in (True, False):
+        x, w = x0.clone().requires_grad_(), w0.clone().requires_grad_()
+        logits = fp8_linear(x, w) if fp8 else F.linear(x, w)
+        assert logits.shape == (3, 40, 300)
+        loss = F.cross_entropy(logits.float().flatten(0, 1), t.flatten())
+        loss.backward()
+        results.append((logits.float(), x.grad, w.grad))
+    (x8, sx), (w8, sw) = to_fp8(x0, torch.float8_e4m3fn), to_fp8(w0, torch.float8_e4m3fn)
+    assert x8.dtype == torch.float8_e4m3fn and x8.float().abs().max() == 448  # full range used
+    dequantised = (x8.float() * sx) @ (w8.float() * sw).t()
+    torch.testing.assert_close(results[0][0], dequantised.bfloat16().float(), rtol=0, atol=0)
+    for a, b in zip(*results, strict=True):
+        assert F.cosine_similarity(a.flatten(), b.flatten(), dim=0) > 0.999
+        assert not torch.equal(a, b)  # FP8 is not the plain product: the switch does something
+    # the backward's operands are FP8 too: its input gradient is the FP8 product, exactly
+    grad = torch.randn(120, 300, generator=g).bfloat16()  # the output is bf16, so is its gradient
+    g8, sg = to_fp8(grad, torch.float8_e5m2)
+    x = x0.flatten(0, 1).clone().requires_grad_()
+    fp8_linear(x, w0).backward(grad)
+    expected = ((g8.float() * sg) @ (w8.float() * sw)).bfloat16().float()
+    torch.testing.assert_close(x.grad, expected, rtol=0, atol=0)
