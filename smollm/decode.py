@@ -71,7 +71,7 @@ def greedy_step(model, tokens, cache, done, eos, pad) -> torch.Tensor:
     already met a stop token (`done`, updated). The host never sees the logits."""
     logits = model.decode_step(tokens, cache)  # (B, vocab)
     token = torch.where(done, pad, logits.argmax(-1))
-    done |= torch.isin(token, eos)
+    done |= (token[:, None] == eos).any(-1)  # isin, spelled as a compare: no path with a sync
     tokens.copy_(token[:, None])  # the next step's input
     cache.slot.add_(1)  # and its position
     return token
@@ -164,7 +164,7 @@ class StaticDecoder:
         self.eos.fill_(-1)
         self.eos[: len(stop)] = torch.tensor(stop, dtype=torch.long)
         self.pad.fill_(pad)
-        torch.isin(self.tokens[:, 0], self.eos, out=self.done)
+        self.done.copy_((self.tokens[:, 0, None] == self.eos).any(-1))
 
     def next_token(self) -> torch.Tensor:
         """The next greedy token of every row of the bucket (batch_size,): one replay (greedy)."""

@@ -158,3 +158,28 @@ def test_fp8_linear_is_the_scaled_fp8_product_and_tracks_the_plain_one():
     fp8_linear(x, w0).backward(grad)
     expected = ((g8.float() * sg) @ (w8.float() * sw)).bfloat16().float()
     torch.testing.assert_close(x.grad, expected, rtol=0, atol=0)
+
+
+@pytest.mark.gpu
+def test_fp8_linear_on_the_gpu_is_the_scaled_fp8_product_eager_and_compiled():
+    """FP8 tensor cores (compute capability >= 8.9): the CUDA product of the FP8 operands is the
+    product of the dequantised ones (to fp32 accumulation order), eager and under inductor."""
+    import torch.nn.functional as F
+
+    from smollm.model import fp8_linear, to_fp8
+
+    if torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("no FP8 matmuls before compute capability 8.9")
+    g = torch.Generator("cuda").manual_seed(0)
+    x = torch.randn(256, 576, device="cuda", generator=g, dtype=torch.bfloat16)
+    w = torch.randn(4096, 576, device="cuda", generator=g) * 0.05
+    (x8, sx), (w8, sw) = to_fp8(x, torch.float8_e4m3fn), to_fp8(w, torch.float8_e4m3fn)
+    expected = (x8.float() * sx) @ (w8.float() * sw).t()
+    t = torch.randint(0, 4096, (256,), device="cuda", generator=g)
+    for fn in (fp8_linear, torch.compile(fp8_linear, fullgraph=True)):
+        xg, wg = x.clone().requires_grad_(), w.clone().requires_grad_()
+        out = fn(xg, wg)
+        torch.testing.assert_close(out.float(), expected, rtol=1e-2, atol=1e-2)
+        F.cross_entropy(out.float(), t).backward()
+        assert xg.grad.dtype == torch.bfloat16 and wg.grad.dtype == torch.float32
+        assert torch.isfinite(xg.grad).all() and torch.isfinite(wg.grad).all()
