@@ -189,7 +189,7 @@ def test_long_items_go_fewer_to_a_forward():
 
 
 def test_the_packaged_smollm2_scores_above_chance(real_model, tokenizer):
-    for task, n in (("hellaswag", 100), ("arc_easy", 150), ("piqa", 150)):
+    for task, n in (("hellaswag", 60), ("arc_easy", 150), ("piqa", 80)):  # margins >= 0.026
         r = evals.run_task(real_model, tokenizer, task, load_items(task, n), batch_size=16)
         assert r.items == n
         assert r.acc_norm - r.acc_norm_ci95 > evals.TASKS[task].chance, r  # clearly above chance

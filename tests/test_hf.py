@@ -137,14 +137,14 @@ def test_real_weights_logits_match_transformers(real_model, hf_real_model):
 
 def test_real_weights_greedy_generation_matches_transformers(real_model, hf_real_model, tokenizer):
     ids = tokenizer("Once upon a time", return_tensors="pt").input_ids
-    ours = real_model.generate(ids, max_new_tokens=64)
+    ours = real_model.generate(ids, max_new_tokens=32)
     with torch.no_grad():
         ref = hf_real_model.generate(
-            ids, max_new_tokens=64, min_new_tokens=64, do_sample=False, eos_token_id=None
+            ids, max_new_tokens=32, min_new_tokens=32, do_sample=False, eos_token_id=None
         )
     assert torch.equal(ours, ref)
     text = tokenizer.decode(ours[0, ids.shape[1] :])
-    assert len(text.split()) > 20  # real English words, not one repeated token
+    assert len(text.split()) > 12  # real English words, not one repeated token
 
 
 def test_real_weights_export_round_trip(tmp_path, real_model):
