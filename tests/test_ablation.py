@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from smollm.ablation import load_ablation, run_ablation
-from smollm.config import ConfigError
+from smollm.config import ConfigError, experiment_diff, experiment_identity
 from smollm.results import build_results
 from smollm.stats import mean_ci
 
@@ -203,9 +203,18 @@ def test_shipped_ablation_files_are_valid():
         "data",
         "data-anneal",
         "data-anneal-gpu",
+        "output-layer",
     ):
         ablation = load_ablation(ROOT / "experiments" / f"{name}.yaml")
         assert ablation.baseline in [v.name for v in ablation.variants]
+    # the output-layer switches over the default ablation's `full`, nothing else changed
+    layer = load_ablation(ROOT / "experiments" / "output-layer.yaml")
+    default = load_ablation(ROOT / "experiments" / "default.yaml")
+    full = default.experiment(next(v for v in default.variants if v.name == "full"), 0)
+    runs = {v.name: layer.experiment(v, 0).to_dict() for v in layer.variants}
+    assert experiment_identity(runs["full"]) == experiment_identity(full.to_dict())
+    assert experiment_diff(runs["full"], runs["fused-loss"]) == ["train.fused_loss: False -> True"]
+    assert experiment_diff(runs["full"], runs["fp8-lm-head"]) == ["train.fp8:  -> lm_head"]
     for name in ("data", "data-anneal", "data-anneal-gpu"):  # data variants, one held-out text
         ablation = load_ablation(ROOT / "experiments" / f"{name}.yaml")
         exps = [ablation.experiment(v, 0) for v in ablation.variants]

@@ -225,3 +225,22 @@ def test_a_ladder_whose_variants_differ_in_data_holds_tokens_and_shape_fixed(tmp
             {"sotu": 0.5, "wiki": 0.5},
         )
         assert sotu.model == mixed.model and sotu.train == mixed.train
+
+
+def test_the_benchmark_ladder_is_the_gpu_ladders_smallest_rung_cut_short():
+    """benchmarks/ladder-10m.yaml (gpu.py --small-ladder): ladder-gpu's 10m rung, matched on
+    parameters, 60 steps per run, 6 runs."""
+    bench, gpu = (
+        load_ladder(ROOT / "benchmarks" / "ladder-10m.yaml"),
+        load_ladder(ROOT / "experiments" / "ladder-gpu.yaml"),
+    )
+    a, b = bench.rung("10m"), gpu.rung("10m")
+    assert len(a.variants) * len(a.seeds) == 6
+    for v in a.variants:
+        small, big = a.experiment(v, 0), b.experiment(v, 0)
+        assert small.model == big.model and small.train.max_steps == 60
+        assert (small.train.batch_size, small.data.seq_len, small.train.lr) == (
+            big.train.batch_size,
+            big.data.seq_len,
+            big.train.lr,
+        )
