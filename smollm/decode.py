@@ -7,8 +7,9 @@ the whole buffer masked by `KVCache.valid` (`SmolLM.decode_step`) — captured o
 length) bucket and replayed. `compile=True` also fuses the step's elementwise work with
 torch.compile first (fewer, larger kernels; a compile per bucket). A greedy decoder's step also
 picks the token, marks rows that met a stop token and feeds the token back (`greedy_step`), so a
-token is one replay and the host reads nothing back unless stop tokens can end the generation. Decoders are pooled per model
-and reused across generations; one generation holds one decoder at a time.
+token is one replay and the host reads nothing back unless stop tokens can end the generation.
+Decoders are pooled per model and reused across generations; one generation holds one decoder at
+a time.
 
 On CPU the same step runs eagerly, which is what the CPU tests check (tokens equal to the
 dynamic path); `generation.stream` uses this module only on CUDA.
