@@ -13,14 +13,16 @@
 #   small   the default ablation's 15 small runs one at a time vs 5 packed onto the GPU; with
 #           SMALL_LADDER=1 also benchmarks/ladder-10m.yaml (6 runs of 10M parameters) vs 6 packed.
 #                                                           (estimate: 3-4 minutes, +3 with the ladder)
-# Each part writes OUT_DIR/gpu-<part>.md and .json; OUT_DIR/gpu.json merges the JSON files there.
+# Each part writes OUT_DIR/gpu-<part>.md and .json (train also smol train's perf.jsonl files);
+# OUT_DIR/gpu.json merges what is there.
 # Measured so far (results/benchmarks/gpu-h100.md): the train and decode steps of an earlier
 # version took 7.3 minutes on an H100 together. `smol eval` against lm-eval on CUDA is
 # gpu-eval.sh; the real ladder end to end at 135M is gpu-ablation.sh.
 # Usage, from the project root:  bash ../shared/gpu/bundle.sh (here, once), then on the GPU machine
 #   bash benchmarks/gpu-session.sh OUT_DIR [PART ...]   (default: train decode small; OUT_DIR
 #   default: $OUT, else /tmp/smollm-gpu). Files of several calls merge here with
-#   python benchmarks/gpu.py --merge A/gpu-train.json B/gpu-decode.json ... --json results/benchmarks/gpu-<device>.json
+#   python benchmarks/gpu.py --merge A/gpu-train.json A/train-perf.jsonl A/train-perf-fused.jsonl \
+#     B/gpu-decode.json B/gpu-small.json --json results/benchmarks/gpu-<device>.json
 set -uo pipefail
 out=${1:-${OUT:-/tmp/smollm-gpu}}
 shift || true
@@ -67,8 +69,9 @@ for part in $parts; do
   *) echo "unknown part $part: train, decode or small"; exit 2 ;;
   esac
 done
-shopt -s nullglob
-jsons=("$out"/gpu-train.json "$out"/gpu-decode.json "$out"/gpu-small.json)
+# the headline figures of every part here (and what smol train itself reported) as gpu.json
 existing=()
-for f in "${jsons[@]}"; do [ -f "$f" ] && existing+=("$f"); done
+for f in "$out"/gpu-train.json "$out"/gpu-decode.json "$out"/gpu-small.json "$out"/train-perf.jsonl "$out"/train-perf-fused.jsonl; do
+  [ -f "$f" ] && existing+=("$f")
+done
 [ ${#existing[@]} -gt 0 ] && python3 benchmarks/gpu.py --merge "${existing[@]}" --json "$out/gpu.json"

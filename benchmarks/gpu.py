@@ -655,20 +655,40 @@ def main() -> None:
 
 def merge_headlines(paths: list[str], out: str | None) -> None:
     """The headline figures of several calls (train, decode, small) as one gpu-<device>.json: a
-    figure some file measured wins over another's null; printed, and written to `out`."""
+    figure some file measured wins over another's null; printed, and written to `out`. A
+    `smol train` perf.jsonl (train-perf[-fused].jsonl) adds what the training loop itself reported."""
     import json
 
     merged: dict = {}
     for path in paths:
         with open(path) as f:
-            for k, v in json.load(f).items():
-                if v is not None or k not in merged:
-                    merged[k] = v
+            record = smol_train_perf(path) if path.endswith(".jsonl") else json.load(f)
+        for k, v in record.items():
+            if v is not None or k not in merged:
+                merged[k] = v
     text = json.dumps(merged, indent=2) + "\n"
     print(text, end="")
     if out:
         with open(out, "w") as f:
             f.write(text)
+
+
+def smol_train_perf(path: str) -> dict:
+    """The median tokens/s, MFU and causal MFU of a `smol train` perf.jsonl, its first logged
+    window (compile included) left out; keys `smol_train[_fused]_...` after the file's name."""
+    import json
+    from pathlib import Path
+
+    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    rows = rows[1:] or rows
+    name = Path(path).stem.replace("train-perf", "smol_train").replace("-", "_")
+    out = {}
+    for key in ("tokens_per_s", "mfu", "mfu_causal"):
+        values = [r.get(key) for r in rows]
+        out[f"{name}_{key}"] = (
+            round(statistics.median(values), 4) if values and None not in values else None
+        )
+    return out
 
 
 def tiny_ladder(path: str) -> str:
