@@ -30,7 +30,7 @@ from smollm.kvcache import KVCache
 Out = TypeVar("Out")
 
 MIN_LENGTH = 256  # shortest cache bucket: short generations share one graph
-MAX_STOP_TOKENS = 8  # stop tokens a greedy graph checks (more: sampled on the host)
+MAX_STOP_TOKENS = 8  # stop tokens a greedy graph checks (more: the token is picked on the host)
 WARMUP = 3  # calls before a capture (compile, kernel choice, library handles)
 
 

@@ -144,7 +144,7 @@ def _static_stream(
     Greedy decoding picks each token inside the step (one replay per token, no host sync unless
     stop tokens can end it); sampling reads the logits back and samples here."""
     B, T = input_ids.shape
-    temperature, eos_token_id, pad_token_id = sampling[0], sampling[3], sampling[4]
+    temperature, _, _, eos_token_id, pad_token_id, _ = sampling
     stop = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id or [])
     greedy = temperature <= 0.0 and len(stop) <= MAX_STOP_TOKENS
     padded = attention_mask is not None and not bool(attention_mask.all())
