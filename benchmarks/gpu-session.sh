@@ -5,7 +5,8 @@
 #           train.fused_loss: tokens/s, MFU and causal MFU as the training loop reports them
 #           (perf.jsonl); then benchmarks/gpu.py: matmul peak, SDPA backends, the training rows
 #           (ours eager / compiled / fused loss / FP8 lm_head vs transformers, 16x2048) and a
-#           profile of our compiled step.                    (estimate on an H100: 7-8 minutes)
+#           profile of our compiled step.   (estimate on an H100: 8-9 minutes; FUSED_TRAIN=0 skips
+#           the second smol train, about 1.5 minutes)
 #   decode  decode at batch 1 on the weights `train` left (random init if the machine is fresh):
 #           transformers, ours eager / CUDA graph / compiled / fused projections, the token picked
 #           on the host (before) and in the graph (now), kernels per token; `smol generate`.
@@ -37,7 +38,9 @@ bench() { python3 benchmarks/gpu.py "$@" 2>&1 | grep -v "Loading weights"; }
 for part in $parts; do
   case $part in
   train)
-    for flags in "" "train.fused_loss=true"; do
+    variants=("")
+    [ "${FUSED_TRAIN:-1}" = 1 ] && variants+=("train.fused_loss=true")
+    for flags in "${variants[@]}"; do
       dir=$run${flags:+-fused}
       echo "== smol train (full 135M, 2048, compiled, 32x2048) $flags"
       rm -rf "$dir"
