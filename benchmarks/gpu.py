@@ -661,8 +661,11 @@ def merge_headlines(paths: list[str], out: str | None) -> None:
 
     merged: dict = {}
     for path in paths:
-        with open(path) as f:
-            record = smol_train_perf(path) if path.endswith(".jsonl") else json.load(f)
+        if path.endswith(".jsonl"):
+            record = smol_train_perf(path)
+        else:
+            with open(path) as f:
+                record = json.load(f)
         for k, v in record.items():
             if v is not None or k not in merged:
                 merged[k] = v

@@ -66,13 +66,18 @@ def capture(run: Callable[[], Out], warmup: int, pool=None) -> tuple[torch.cuda.
     return graph, out
 
 
+def stopped(tokens: torch.Tensor, eos: torch.Tensor) -> torch.Tensor:
+    """Which of tokens (B,) are one of `eos`: isin, spelled as a compare (no path with a sync)."""
+    return (tokens[:, None] == eos).any(-1)
+
+
 def greedy_step(model, tokens, cache, done, eos, pad) -> torch.Tensor:
     """One static decode step that also picks the greedy token and feeds it back, so that a
     captured graph of it is the whole of a greedy token: the next tokens (B,), pad in rows that
     already met a stop token (`done`, updated). The host never sees the logits."""
     logits = model.decode_step(tokens, cache)  # (B, vocab)
     token = torch.where(done, pad, logits.argmax(-1))
-    done |= (token[:, None] == eos).any(-1)  # isin, spelled as a compare: no path with a sync
+    done |= stopped(token, eos)
     tokens.copy_(token[:, None])  # the next step's input
     cache.slot.add_(1)  # and its position
     return token
@@ -88,7 +93,7 @@ class StaticDecoder:
     def __init__(self, model, batch_size: int, max_len: int, graph: bool, compile: bool,
                  greedy: bool = False) -> None:  # fmt: skip
         param = next(model.parameters())
-        self.model, self.batch_size, self.greedy = model, batch_size, greedy
+        self.model, self.batch_size = model, batch_size
         self.cache = KVCache(model.config, batch_size, max_len, param.dtype, param.device)
         self.cache.valid = torch.zeros(batch_size, max_len, dtype=torch.bool, device=param.device)
         self.tokens = torch.zeros(batch_size, 1, dtype=torch.long, device=param.device)
@@ -99,6 +104,9 @@ class StaticDecoder:
         self.pad = torch.zeros((), dtype=torch.long, device=param.device)
         step = greedy_step if greedy else type(model).decode_step
         self.fn = torch.compile(step, fullgraph=True, dynamic=False) if compile else step
+        self.args = (model, self.tokens, self.cache)  # what the step reads and rewrites
+        if greedy:
+            self.args += (self.done, self.eos, self.pad)
         self.graph: torch.cuda.CUDAGraph | None = None
         self.out: torch.Tensor | None = None  # the captured step's output: logits, or tokens
         if graph:
@@ -108,9 +116,7 @@ class StaticDecoder:
     def _run(self) -> torch.Tensor:
         self.cache.slot = self.slot
         try:
-            if self.greedy:
-                return self.fn(self.model, self.tokens, self.cache, self.done, self.eos, self.pad)
-            return self.fn(self.model, self.tokens, self.cache)
+            return self.fn(*self.args)
         finally:
             self.cache.slot = None
 
@@ -165,7 +171,7 @@ class StaticDecoder:
         self.eos.fill_(-1)
         self.eos[: len(stop)] = torch.tensor(stop, dtype=torch.long)
         self.pad.fill_(pad)
-        self.done.copy_((self.tokens[:, 0, None] == self.eos).any(-1))
+        self.done.copy_(stopped(self.tokens[:, 0], self.eos))
 
     def next_token(self) -> torch.Tensor:
         """The next greedy token of every row of the bucket (batch_size,): one replay (greedy)."""

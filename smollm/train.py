@@ -338,16 +338,23 @@ def evaluate_and_sample(s: Session, cache, tok, exp: ExperimentConfig, tracker: 
     return val, scores
 
 
+@contextlib.contextmanager
+def _removed_if_refused(run: RunDir, fresh: bool):
+    """A refusal (SmolError) inside leaves no run directory behind when this run created it."""
+    try:
+        yield
+    except SmolError:
+        if fresh:
+            shutil.rmtree(run.path, ignore_errors=True)
+        raise
+
+
 def _data(data: DataConfig, ddp: Dist, progress: bool, run: RunDir, fresh: bool):
     """The token cache and tokenizer; under DDP rank 0 builds the cache while the others wait.
     Data that cannot be read leaves no run directory behind when this run created it."""
     if ddp.main:
-        try:
+        with _removed_if_refused(run, fresh):
             cache, tok = prepare(data, progress=progress)
-        except SmolError:
-            if fresh:
-                shutil.rmtree(run.path, ignore_errors=True)
-            raise
     if ddp.world_size > 1:
         dist.barrier()
     if not ddp.main:
@@ -397,12 +404,8 @@ def train(
             _repair_records(run)
         cache, tok = _data(exp.data, ddp, progress, run, fresh)
         exp = resolve_experiment(exp, len(tok))  # before anything is compared or saved
-        try:
+        with _removed_if_refused(run, fresh):
             check_fp8(exp.model, exp.data.seq_len, exp.train.fp8, device)
-        except SmolError:
-            if fresh:
-                shutil.rmtree(run.path, ignore_errors=True)
-            raise
         exp, init = _initial(exp)
         changes = run.experiment_changes(exp.to_dict())
         if ddp.main and (replace == "always" or (replace == "if-changed" and changes)):
