@@ -67,7 +67,7 @@ def reference(tmp_path_factory, corpus):
 
 
 def test_a_second_process_on_the_same_run_dir_is_refused(tmp_path, corpus):
-    long = args(corpus, "train.max_steps=400", "train.ckpt_every=100", "train.eval_every=400")
+    long = args(corpus, "train.max_steps=60", "train.ckpt_every=20", "train.eval_every=60")
     cmd = [sys.executable, "-m", "smollm.cli", "train", *long, "--run-dir", "R", "--quiet"]
     first = subprocess.Popen(
         cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
@@ -75,7 +75,12 @@ def test_a_second_process_on_the_same_run_dir_is_refused(tmp_path, corpus):
     deadline = time.time() + 120
     while not (tmp_path / "R" / "config.yaml").is_file() and time.time() < deadline:
         time.sleep(0.05)  # the first holds the directory once it writes its records
-    second = smol("train", *long, "train.seed=7", "--run-dir", "R", cwd=tmp_path)
+    assert first.poll() is None, "the first run ended before the second could start"
+    first.send_signal(signal.SIGSTOP)  # paused, it still holds the lock: no race with its end
+    try:
+        second = smol("train", *long, "train.seed=7", "--run-dir", "R", cwd=tmp_path)
+    finally:
+        first.send_signal(signal.SIGCONT)
     out, err = first.communicate(timeout=600)
     assert first.returncode == 0, err[-2000:]
     assert second.returncode == 2 and "Traceback" not in second.stderr
@@ -86,7 +91,7 @@ def test_a_second_process_on_the_same_run_dir_is_refused(tmp_path, corpus):
     summary = RunDir(tmp_path / "R").read_summary()  # nothing of the second run mixed in
     assert summary["status"] == "finished" and summary["config"]["train"]["seed"] == 0
     assert [r["step"] for r in RunDir(tmp_path / "R").rows("metrics") if "train/loss" in r] == list(
-        range(1, 401)
+        range(1, 61)
     )
 
 
