@@ -244,6 +244,7 @@ def test_a_sweep_as_a_two_task_array_survives_a_killed_worker(tmp_path, slurm):
             run = Path(t.user_attrs.get("run_dir", "/nonexistent"))
             if t.state == TrialState.RUNNING and list(run.glob("checkpoints/*.pt")):
                 victim = t
+                os.kill(t.user_attrs["worker_pid"], signal.SIGSTOP)  # mid-trial until killed
                 break
         time.sleep(0.1)
     assert victim is not None, "no trial reached a checkpoint"
