@@ -590,6 +590,9 @@ def main() -> None:
     p.add_argument("--merge", nargs="+", metavar="JSON",
                    help="no benchmark: merge these --json files (a measured figure beats a null) into --json")  # fmt: skip
     args = p.parse_args()
+    for path in (args.out, args.json):  # made now: a missing folder must not lose the figures
+        if path:
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     if args.merge:
         merge_headlines(args.merge, args.json)
         return
