@@ -15,7 +15,10 @@
 #           SMALL_LADDER=1 also benchmarks/ladder-10m.yaml (6 runs of 10M parameters) vs 6 packed.
 #                                                           (estimate: 3-4 minutes, +3 with the ladder)
 # Each part writes OUT_DIR/gpu-<part>.md and .json (train also smol train's perf.jsonl files);
-# OUT_DIR/gpu.json merges what is there.
+# OUT_DIR/gpu.json merges what is there. gpu.py rewrites its files after each section, so a call
+# cut off at its limit still brings back every section that finished.
+# In 15 minutes of device time, the machine's start included: `FUSED_TRAIN=0 ... train` first
+# (about 7 minutes), then `... decode small` at once on the warm machine, with what is left.
 # Measured so far (results/benchmarks/gpu-h100.md): the train and decode steps of an earlier
 # version took 7.3 minutes on an H100 together. `smol eval` against lm-eval on CUDA is
 # gpu-eval.sh; the real ladder end to end at 135M is gpu-ablation.sh.

@@ -649,6 +649,12 @@ def main() -> None:
                 fn()
             except Exception:
                 say(f"section {section} failed:\n{traceback.format_exc()}")
+            write_outputs(args)  # after each section: a call cut off at its limit keeps these
+    write_outputs(args)
+
+
+def write_outputs(args) -> None:
+    """--out (everything printed so far) and --json (the headline figures so far)."""
     if args.out:
         with open(args.out, "w") as f:
             f.write("\n".join(LINES) + "\n")
