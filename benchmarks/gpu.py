@@ -650,7 +650,6 @@ def main() -> None:
             except Exception:
                 say(f"section {section} failed:\n{traceback.format_exc()}")
             write_outputs(args)  # after each section: a call cut off at its limit keeps these
-    write_outputs(args)
 
 
 def write_outputs(args) -> None:
