@@ -15,7 +15,7 @@ test: setup
 	@bash scripts/setup-test-deps.sh
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --maxprocesses=4 --dist loadgroup
 
 lint: setup
 	$(VENV)/bin/ruff check .

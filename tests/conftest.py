@@ -106,19 +106,11 @@ def make_docs(n: int, seed: int = 0) -> list[str]:
 
 
 def smol(*args: str, cwd=None, timeout: int = 600, env: dict | None = None):
-    """Run the real `smol` entry point in a subprocess: exit codes and stderr as a user sees them."""
-    import subprocess
-    import sys
+    """Run the real `smol` entry point as its own process (`python -m smollm.cli ARGS`, forked
+    from a warm interpreter: tests/warm.py): exit codes, stdout and stderr as a user sees them."""
+    from . import warm
 
-    env = {**(env or os.environ), "PYTHONHASHSEED": "0"}
-    return subprocess.run(
-        [sys.executable, "-m", "smollm.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=cwd,
-        env=env,
-    )
+    return warm.run(list(args), cwd=cwd, timeout=timeout, env=dict(env or os.environ))
 
 
 def pytest_collection_modifyitems(config, items):

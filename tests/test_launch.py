@@ -19,7 +19,7 @@ from .conftest import smol
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE = ROOT / "experiments" / "smoke.yaml"
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("slurm")]  # one cluster, one worker
 
 CONF = """ClusterName=smollm-test
 SlurmctldHost=localhost(127.0.0.1)
