@@ -2,11 +2,11 @@
 # The GPU figures of results/benchmarks/gpu-<device>.md and .json, in parts that each fit one call
 # to a GPU machine (10 minutes at most); run them back to back on the still-warm machine:
 #   train   `smol train` of SmolLM2-135M at 2048 context, compiled, 32x2048 per step, as is and with
-#           train.fused_loss: tokens/s, MFU and causal MFU as the training loop reports them
-#           (perf.jsonl); then benchmarks/gpu.py: matmul peak, SDPA backends, the training rows
-#           (ours eager / compiled / fused loss / FP8 lm_head vs transformers, 16x2048) and a
-#           profile of our compiled step.   (estimate on an H100: 8-9 minutes; FUSED_TRAIN=0 skips
-#           the second smol train, about 1.5 minutes)
+#           train.fused_loss + train.fused_projections: tokens/s, MFU and causal MFU as the training
+#           loop reports them (perf.jsonl); then benchmarks/gpu.py: matmul peak, SDPA backends, the
+#           training rows (ours eager / compiled / fused loss / fused projections / FP8 lm_head vs
+#           transformers, 16x2048) and a profile of our compiled step.   (estimate on an H100: 9-10
+#           minutes; FUSED_TRAIN=0 skips the second smol train, about 1.5 minutes)
 #   decode  decode at batch 1 on the weights `train` left (random init if the machine is fresh):
 #           transformers, ours eager / CUDA graph / compiled / fused projections, the token picked
 #           on the host (before) and in the graph (now), kernels per token; `smol generate`.
@@ -18,7 +18,7 @@
 # OUT_DIR/gpu.json merges what is there. gpu.py rewrites its files after each section, so a call
 # cut off at its limit still brings back every section that finished.
 # In 15 minutes of device time, the machine's start included: `FUSED_TRAIN=0 ... train` first
-# (about 7 minutes), then `... decode small` at once on the warm machine, with what is left.
+# (about 8 minutes), then `... decode small` at once on the warm machine, with what is left.
 # Measured so far (results/benchmarks/gpu-h100.md): the train and decode steps of an earlier
 # version took 7.3 minutes on an H100 together. `smol eval` against lm-eval on CUDA is
 # gpu-eval.sh; the real ladder end to end at 135M is gpu-ablation.sh.
@@ -42,7 +42,7 @@ for part in $parts; do
   case $part in
   train)
     variants=("")
-    [ "${FUSED_TRAIN:-1}" = 1 ] && variants+=("train.fused_loss=true")
+    [ "${FUSED_TRAIN:-1}" = 1 ] && variants+=("train.fused_loss=true train.fused_projections=true")
     for flags in "${variants[@]}"; do
       dir=$run${flags:+-fused}
       echo "== smol train (full 135M, 2048, compiled, 32x2048) $flags"

@@ -13,8 +13,9 @@ Prints, for whatever CUDA GPU it runs on:
   `LlamaForCausalLM`, eager and torch.compile'd, same weights, same AdamW, bf16 autocast; ours runs
   `smollm.train.train_step` itself (the loss inside the compiled region, no per-step host sync),
   transformers runs `torch.compile(model)` with the loss outside, as users do; ours also with
-  train.fused_loss and with train.fp8=lm_head (skipped, and said so, before compute 8.9). The timed steps of
-  all rows are interleaved over `--rounds` rounds (median), so clock drift hits every row alike;
+  train.fused_loss, with train.fused_projections and with train.fp8=lm_head (skipped, and said so,
+  before compute 8.9). The timed steps of all rows are interleaved over `--rounds` rounds
+  (median), so clock drift hits every row alike;
 - decode tokens/s at batch 1 (greedy, bf16): transformers `generate`, ours eager, ours through a
   CUDA graph, ours compiled + CUDA graph, with fused projections, and with the greedy token picked
   on the host (a sync per token: before) vs in the captured step (now); whether each gives the
@@ -35,13 +36,13 @@ MFU beside it counts 6 x layers x dim x seq_len for attention instead (llm.c's c
 from __future__ import annotations
 
 import argparse
-import functools
 import os
 import statistics
 import sys
 import tempfile
 import time
 import traceback
+from functools import partial
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -211,13 +212,16 @@ class RandomBlocks:
 
 
 def ours_runner(weights: str, batch: int, seq: int, compile: bool, fused: bool = False,
-                fp8: bool = False):  # fmt: skip
+                fp8: bool = False, projections: bool = False):  # fmt: skip
     """smollm's own training step (smollm.train.train_step) on the model loaded from `weights`;
     `fused`: with train.fused_loss (the chunked output layer + cross-entropy); `fp8`: with
-    train.fp8=lm_head (the output layer's matmuls in FP8)."""
+    train.fp8=lm_head (the output layer's matmuls in FP8); `projections`: with
+    train.fused_projections (q/k/v and gate/up as one matmul each)."""
     device = DEVICE
     tc = TrainConfig(max_steps=1, compile=compile)
     raw = load_pretrained(weights, device=str(DEVICE)).train()
+    if projections:
+        raw.fuse_projections(trainable=True)
     if fp8:
         check_fp8(raw.config, seq, "lm_head", DEVICE)
     net = LMLoss(raw, fused=fused, fp8=fp8)
@@ -271,8 +275,9 @@ def training(args, weights: str, cfg: ModelConfig, peaks: dict[str, float]) -> N
         ("transformers, eager", hf_runner, False),
         ("ours, eager", ours_runner, False),
         ("ours, compiled train_step", ours_runner, True),
-        ("ours, compiled, fused loss", functools.partial(ours_runner, fused=True), True),
-        ("ours, compiled, FP8 lm_head", functools.partial(ours_runner, fp8=True), True),
+        ("ours, compiled, fused loss", partial(ours_runner, fused=True), True),
+        ("ours, compiled, fused projections", partial(ours_runner, projections=True), True),
+        ("ours, compiled, FP8 lm_head", partial(ours_runner, fp8=True), True),
         ("transformers, torch.compile(model)", hf_runner, True),
     ]
     tokens = args.batch * args.seq_len
@@ -329,6 +334,7 @@ def training(args, weights: str, cfg: ModelConfig, peaks: dict[str, float]) -> N
         )
         keys = {
             "ours, compiled, fused loss": "train_fused_loss",
+            "ours, compiled, fused projections": "train_fused_projections",
             "ours, compiled, FP8 lm_head": "train_fp8",
         }
         if name in keys:
@@ -341,6 +347,7 @@ def training(args, weights: str, cfg: ModelConfig, peaks: dict[str, float]) -> N
         ("ours, eager", "transformers, eager"),
         ("ours, compiled train_step", "transformers, torch.compile(model)"),
         ("ours, compiled, fused loss", "ours, compiled train_step"),
+        ("ours, compiled, fused projections", "ours, compiled train_step"),
         ("ours, compiled, FP8 lm_head", "ours, compiled train_step"),
     ):
         if ours in rates and ref in rates:

@@ -449,6 +449,10 @@ class TrainConfig:
     # the output layer and the loss as one chunked op (smollm.model.LinearCrossEntropy): the
     # (tokens, vocab) logits never exist whole; off by default (another summation order)
     fused_loss: bool = False
+    # each layer's q/k/v and gate/up projections as one matmul each (SmolLM.fuse_projections with
+    # trainable=True: the HF-named parameters stay, each forward joins them); off by default
+    # (the same products, possibly by another kernel)
+    fused_projections: bool = False
     # lm_head: the output layer's matmuls in FP8 (smollm.model.FP8Linear; CPU, or a GPU of compute
     # capability >= 8.9); "" (the default): none. Changes numerics, so opt-in: an ablation measures it
     fp8: str = ""

@@ -83,13 +83,17 @@ class SwiGLU(nn.Module):
         self.act = ACTIVATIONS[cfg.activation]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.gate_up is not None:  # fused for inference: one matmul for both
-            gate, up = F.linear(x, self.gate_up, self.gate_up_bias).chunk(2, dim=-1)
+        if self.gate_up is not None or self.joined:  # one matmul for both
+            w, b = (self.gate_up, self.gate_up_bias) if self.gate_up is not None else (
+                _joined(self.gate_proj, self.up_proj))  # fmt: skip
+            gate, up = F.linear(x, w, b).chunk(2, dim=-1)
             return self.down_proj(self.act(gate) * up)
         return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
 
-    gate_up: torch.Tensor | None = None  # set by SmolLM.fuse_projections
+    # set by SmolLM.fuse_projections: the fused weights (inference), or joined in each forward
+    gate_up: torch.Tensor | None = None
     gate_up_bias: torch.Tensor | None = None
+    joined: bool = False
 
 
 class PlainMLP(nn.Module):
@@ -180,11 +184,11 @@ class Attention(nn.Module):
         cache: LayerCache | None,
     ) -> torch.Tensor:
         B, T, _ = x.shape
-        if self.qkv is not None:  # fused for inference: one matmul for q, k and v
+        if self.qkv is not None or self.joined:  # one matmul for q, k and v
+            w, b = (self.qkv, self.qkv_bias) if self.qkv is not None else (
+                _joined(self.q_proj, self.k_proj, self.v_proj))  # fmt: skip
             kv = self.n_kv_heads * self.head_dim
-            q, k, v = F.linear(x, self.qkv, self.qkv_bias).split(
-                [self.n_heads * self.head_dim, kv, kv], dim=-1
-            )
+            q, k, v = F.linear(x, w, b).split([self.n_heads * self.head_dim, kv, kv], dim=-1)
         else:
             q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
         # (B, T, H*hd) -> (B, H, T, hd)
@@ -208,16 +212,26 @@ class Attention(nn.Module):
         )
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))  # (B, T, dim)
 
-    qkv: torch.Tensor | None = None  # set by SmolLM.fuse_projections
+    # set by SmolLM.fuse_projections: the fused weights (inference), or joined in each forward
+    qkv: torch.Tensor | None = None
     qkv_bias: torch.Tensor | None = None
+    joined: bool = False
+
+
+def _joined(*linears: nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One weight (and bias) holding the linears' rows in order. Under autograd each linear's
+    parameter gets its rows of the joined one's gradient."""
+    weight = torch.cat([m.weight for m in linears])
+    bias = torch.cat([m.bias for m in linears]) if linears[0].bias is not None else None
+    return weight, bias
 
 
 def _fuse(*linears: nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """One weight (and bias) holding the linears' rows in order; each linear's weight (and bias)
-    becomes a frozen Parameter viewing its rows: one storage, the HF names kept."""
+    """The linears joined once; each linear's weight (and bias) becomes a frozen Parameter viewing
+    its rows of the joined one: one storage, the HF names kept."""
     sizes = [m.weight.shape[0] for m in linears]
-    weight = torch.cat([m.weight.detach() for m in linears])
-    bias = torch.cat([m.bias.detach() for m in linears]) if linears[0].bias is not None else None
+    with torch.no_grad():
+        weight, bias = _joined(*linears)
     for i, m in enumerate(linears):
         m.weight = nn.Parameter(weight.split(sizes)[i], requires_grad=False)
         if bias is not None:
@@ -347,19 +361,29 @@ class SmolLM(nn.Module):
             cache.advance(T)
         return x
 
-    def fuse_projections(self) -> SmolLM:
-        """For inference (generation, serving): each layer's q/k/v and gate/up projections become
-        one matmul each, fewer kernels per decoded token. Their parameters become frozen views
-        into the fused weights, so the state dict keeps its HF Llama names and values; call it
-        after the model has its device and dtype, and do not train it afterwards."""
+    def fuse_projections(self, trainable: bool = False) -> SmolLM:
+        """Each layer's q/k/v and gate/up projections as one matmul each; the state dict keeps its
+        HF Llama names and values either way.
+
+        For inference (generation, serving; the default): fewer kernels per decoded token. The
+        parameters become frozen views into fused weights made once; call it after the model has
+        its device and dtype, and do not train it afterwards.
+        `trainable=True` (train.fused_projections): the parameters stay as they are and each
+        forward joins them (a copy of the weights, small beside the activations) before one
+        larger matmul, which a GPU runs more efficiently than two or three narrow ones; the
+        backward is one matmul too and hands each parameter its rows of the gradient."""
         for layer in self.model.layers:
-            attn = layer.self_attn
+            attn, mlp = layer.self_attn, layer.mlp
+            swiglu = isinstance(mlp, SwiGLU)  # a plain MLP has one projection before the act
+            if trainable:
+                attn.joined = True
+                if swiglu:
+                    mlp.joined = True
+                continue
             attn.qkv, attn.qkv_bias = _fuse(attn.q_proj, attn.k_proj, attn.v_proj)
-            if isinstance(layer.mlp, SwiGLU):
-                layer.mlp.gate_up, layer.mlp.gate_up_bias = _fuse(
-                    layer.mlp.gate_proj, layer.mlp.up_proj
-                )
-        return self.eval()
+            if swiglu:
+                mlp.gate_up, mlp.gate_up_bias = _fuse(mlp.gate_proj, mlp.up_proj)
+        return self if trainable else self.eval()
 
     def decode_step(self, tokens: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """Logits (B, vocab) of one new token per row, written at the device tensor `cache.slot`.

@@ -365,6 +365,8 @@ def _data(data: DataConfig, ddp: Dist, progress: bool, run: RunDir, fresh: bool)
 def _wrap(raw_model: SmolLM, tc: TrainConfig, ddp: Dist, device: torch.device) -> torch.nn.Module:
     """Model + loss, under DDP when there are several ranks (unless sharded already), compiled
     when asked (one graph)."""
+    if tc.fused_projections:
+        raw_model.fuse_projections(trainable=True)
     net: torch.nn.Module = LMLoss(raw_model, fused=tc.fused_loss, fp8=tc.fp8 == "lm_head")
     if ddp.world_size > 1 and not is_sharded(raw_model):
         ids = [device.index] if device.type == "cuda" else None

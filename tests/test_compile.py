@@ -44,13 +44,17 @@ def test_every_preset_compiles_to_one_graph_without_recompiles(preset):
 
 
 @pytest.mark.parametrize(
-    ("fused", "backend"),
-    [(False, "inductor"), (True, "aot_eager")],  # train.fused_loss: its autograd Function traced
+    ("fused", "projections", "backend"),
+    [
+        (False, False, "inductor"),
+        (True, False, "aot_eager"),  # train.fused_loss: its autograd Function traced
+        (False, True, "inductor"),  # train.fused_projections: q/k/v and gate/up joined
+    ],
 )
-def test_compiled_loss_and_gradients_equal_the_plain_eager_ones(fused, backend):
-    """Inductor on the full model, and the fused linear + cross-entropy (a custom autograd
-    Function) through AOT autograd: one graph, no breaks or recompiles, the eager plain loss's
-    numbers."""
+def test_compiled_loss_and_gradients_equal_the_plain_eager_ones(fused, projections, backend):
+    """Inductor on the full model, the fused linear + cross-entropy (a custom autograd Function)
+    through AOT autograd, and inductor on the model with its projections joined: one graph, no
+    breaks or recompiles, the eager plain loss's numbers."""
     torch.manual_seed(0)  # 2 layers: inductor's numbers, not the one-graph check above (seconds)
     model = SmolLM(ModelConfig.from_preset("full", **{**SMALL, "n_layers": 2})).train()
     x, y = batch()
@@ -58,6 +62,8 @@ def test_compiled_loss_and_gradients_equal_the_plain_eager_ones(fused, backend):
     eager.backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters()}
     model.zero_grad(set_to_none=True)
+    if projections:
+        model.fuse_projections(trainable=True)
     compiled = torch.compile(LMLoss(model, fused=fused), backend=backend, dynamic=False)
     with torch._dynamo.config.patch(error_on_recompile=True):
         loss = compiled(x, y)

@@ -100,6 +100,39 @@ def test_init_is_small_and_seeded(tiny):
     assert a.model.layers[0].mlp.down_proj.weight.std().item() < std  # residual outputs scaled down
 
 
+@pytest.mark.parametrize("name", VARIANTS)
+def test_trainable_fused_projections_give_the_separate_ones_numbers_and_train_them(tiny, name):
+    """fuse_projections(trainable=True) (train.fused_projections): q/k/v and gate/up run as one
+    matmul each, joined from the HF-named parameters in every forward; the same loss, the same
+    gradient for every parameter, the same state dict, and still one trainable parameter each."""
+    import torch.nn.functional as F
+
+    kw = {**VARIANTS[name], "dropout": 0.0}  # the same numbers need the same (no) masks
+    plain, fused = make(tiny, **kw).train(), make(tiny, **kw).train()
+    assert fused.fuse_projections(trainable=True) is fused and fused.training
+    separate = []  # calls of the separate projections the fused forward must not make
+    for layer in fused.model.layers:
+        mlp = layer.mlp
+        joined = [mlp.gate_proj, mlp.up_proj] if hasattr(mlp, "gate_proj") else []
+        for m in [layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj, *joined]:
+            m.register_forward_hook(lambda *_: separate.append(1))
+    ids = torch.randint(0, tiny.vocab_size, (2, 17))
+    losses = []
+    for model in (plain, fused):
+        loss = F.cross_entropy(model(ids[:, :-1]).flatten(0, 1), ids[:, 1:].flatten())
+        loss.backward()
+        losses.append(loss)
+    assert not separate
+    torch.testing.assert_close(losses[1], losses[0], rtol=1e-6, atol=1e-6)
+    named = dict(fused.named_parameters())
+    assert named.keys() == dict(plain.named_parameters()).keys()
+    for n, p in plain.named_parameters():
+        assert named[n].requires_grad and named[n].grad is not None, n
+        torch.testing.assert_close(named[n].grad, p.grad, rtol=1e-5, atol=1e-7, msg=n)
+    a, b = plain.state_dict(), fused.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 @pytest.mark.parametrize("chunk", [7, 100, 4096])
 def test_linear_cross_entropy_equals_logits_then_cross_entropy(chunk):
     """The chunked op gives the unfused loss and gradients, whatever the chunk (7 does not divide

@@ -484,11 +484,12 @@ def write_experiment(tmp_path: Path, corpus) -> Path:
 
 
 def test_the_output_layer_switches_train_like_the_plain_head(tmp_path, corpus):
-    """train.fused_loss gives the plain run's losses to float precision; train.fp8=lm_head changes
-    them, by FP8's rounding only: the run learns as much (the FP8 error is what an ablation of
-    the switch measures)."""
+    """train.fused_loss and train.fused_projections give the plain run's losses to float
+    precision; train.fp8=lm_head changes them, by FP8's rounding only: the run learns as much
+    (the FP8 error is what an ablation of the switch measures)."""
     runs = {}
     for name, extra in {"plain": [], "fused": ["train.fused_loss=true"],
+                        "projections": ["train.fused_projections=true"],
                         "fp8": ["train.fp8=lm_head"]}.items():  # fmt: skip
         exp = load_experiment(tiny_args(corpus, "train.max_steps=20", "train.seed=3", *extra))
         summary = train(exp, tmp_path / name, progress=False)
@@ -497,7 +498,7 @@ def test_the_output_layer_switches_train_like_the_plain_head(tmp_path, corpus):
         runs[name] = (losses, summary["val_loss"])
     plain, fused, fp8 = runs["plain"], runs["fused"], runs["fp8"]
     assert plain[0][-1] < plain[0][0] - 0.5 and fp8[0][-1] < fp8[0][0] - 0.5
-    assert fused[0] == pytest.approx(plain[0], abs=1e-4) and fused[1] == pytest.approx(
-        plain[1], abs=1e-4
-    )
+    for same in (fused, runs["projections"]):
+        assert same[0] == pytest.approx(plain[0], abs=1e-4)
+        assert same[1] == pytest.approx(plain[1], abs=1e-4)
     assert fp8[0] != plain[0] and fp8[1] == pytest.approx(plain[1], abs=0.05)
