@@ -13,6 +13,8 @@ import torch
 
 from smollm.config import ModelConfig
 
+from .xdist_units import pytest_xdist_make_scheduler  # noqa: F401  (a hook: pytest finds it here)
+
 
 @pytest.fixture(scope="session", autouse=True)
 def isolated_cache(tmp_path_factory):

@@ -2,6 +2,7 @@
 munge, started here without systemd, stopped afterwards; `make test` installs them)."""
 
 import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -19,7 +20,8 @@ from .conftest import smol
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE = ROOT / "experiments" / "smoke.yaml"
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("slurm")]  # one cluster, one worker
+# one cluster for the module: under xdist its tests share one worker (conftest.ONE_WORKER)
+pytestmark = pytest.mark.slow
 
 CONF = """ClusterName=smollm-test
 SlurmctldHost=localhost(127.0.0.1)
@@ -68,6 +70,10 @@ def slurm():
     missing = [b for b in ("slurmctld", "slurmd", "munged", "sbatch") if shutil.which(b) is None]
     assert not missing, f"{missing} not installed: run `make test` (scripts/setup-test-deps.sh)"
     assert os.geteuid() == 0, "the test cluster's daemons run as root"
+    # One test cluster on this machine at a time, whichever pytest started it: munged is shared,
+    # and whoever started it stops it at the end (a second cluster would lose its munged then).
+    lock = open(Path(tempfile.gettempdir()) / "smollm-slurm-tests.lock", "w")  # noqa: SIM115
+    fcntl.flock(lock, fcntl.LOCK_EX)  # released when the fixture's process ends or below
     own_munge = not _munge_up()
     if own_munge:  # as root with --force: a log or socket left by another owner is fine
         Path("/run/munge").mkdir(parents=True, exist_ok=True)
@@ -107,6 +113,7 @@ def slurm():
         shutil.rmtree(root, ignore_errors=True)
         if own_munge:
             subprocess.run(["munged", "--stop"], capture_output=True)
+        lock.close()
 
 
 def one_run(tmp_path: Path) -> Path:

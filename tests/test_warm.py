@@ -4,6 +4,7 @@
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 from . import warm
 
@@ -49,3 +50,39 @@ def test_a_timeout_kills_the_command_and_says_so(tmp_path):
     with pytest.raises(subprocess.TimeoutExpired):
         warm.run(["train", *endless, "--run-dir", "R"], cwd=tmp_path, timeout=3,
                  env=dict(os.environ))  # fmt: skip
+
+
+def test_the_slurm_tests_run_on_one_xdist_worker_and_the_rest_on_all(tmp_path):
+    """`make test`'s `--dist loadgroup` with tests/xdist_units.py, in a small inner pytest run on
+    2 workers: every test of tests/test_launch.py (one SLURM test cluster) runs on one worker,
+    and the other tests are shared between both."""
+    units = Path(__file__).with_name("xdist_units.py")
+    (tmp_path / "conftest.py").write_text(
+        "import importlib.util\n"
+        f"spec = importlib.util.spec_from_file_location('xdist_units', {str(units)!r})\n"
+        "units = importlib.util.module_from_spec(spec)\n"
+        "spec.loader.exec_module(units)\n"
+        "pytest_xdist_make_scheduler = units.pytest_xdist_make_scheduler\n"
+    )
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
+    body = ("import os, pathlib, time\n"
+            "import pytest\n"
+            "@pytest.mark.parametrize('i', range({n}))\n"
+            "def test_it(i):\n"
+            "    time.sleep(0.3)\n"
+            "    log = pathlib.Path(__file__).with_suffix('.log')\n"
+            "    with log.open('a') as f:\n"
+            "        f.write(os.environ['PYTEST_XDIST_WORKER'] + '\\n')\n")  # fmt: skip
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "test_launch.py").write_text(body.format(n=4))
+    (tmp_path / "tests" / "test_other.py").write_text(body.format(n=8))
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-n", "2", "--dist", "loadgroup",
+         "-p", "no:cacheprovider", "tests"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    launch = (tmp_path / "tests" / "test_launch.log").read_text().split()
+    other = (tmp_path / "tests" / "test_other.log").read_text().split()
+    assert len(launch) == 4 and len(set(launch)) == 1, launch
+    assert len(other) == 8 and set(other) == {"gw0", "gw1"}, other
