@@ -20,7 +20,7 @@ from .conftest import smol
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE = ROOT / "experiments" / "smoke.yaml"
 
-# one cluster for the module: under xdist its tests share one worker (conftest.ONE_WORKER)
+# one cluster for the module: under xdist its tests share one worker (xdist_units.ONE_WORKER)
 pytestmark = pytest.mark.slow
 
 CONF = """ClusterName=smollm-test
