@@ -504,10 +504,14 @@ def results(
     directories, and its W&B summary run."""
     from smollm.ladder_results import build_ladder_results
     from smollm.results import build_results
-    from smollm.rundir import LadderDir, ablation_names, ladder_names
+    from smollm.rundir import LadderDir, ablation_names, ladder_names, path_segment
 
     runs = Path(runs_dir)
-    names = [ablation] if ablation else ablation_names(runs) + ladder_names(runs)
+    names = (
+        [path_segment(ablation, "ablation or ladder")]
+        if ablation
+        else ablation_names(runs) + ladder_names(runs)
+    )
     if not names:
         raise SmolError(f"no ablations or ladders under {runs_dir}/; run `smol run ablation` first")
     for name in names:

@@ -50,7 +50,7 @@ from smollm.config import (
 )
 from smollm.data import BlockLoader, evaluate, make_loader, prepare
 from smollm.data.mixture import sources as mixture_sources
-from smollm.evals import Downstream, metric_row
+from smollm.evals import Downstream, metric_row, parse_tasks
 from smollm.generation import generate
 from smollm.model import SmolLM, fp8_linear, linear_cross_entropy
 from smollm.parallel import (
@@ -349,12 +349,10 @@ def _removed_if_refused(run: RunDir, fresh: bool):
         raise
 
 
-def _data(data: DataConfig, ddp: Dist, progress: bool, run: RunDir, fresh: bool):
-    """The token cache and tokenizer; under DDP rank 0 builds the cache while the others wait.
-    Data that cannot be read leaves no run directory behind when this run created it."""
+def _data(data: DataConfig, ddp: Dist, progress: bool):
+    """The token cache and tokenizer; under DDP rank 0 builds the cache while the others wait."""
     if ddp.main:
-        with _removed_if_refused(run, fresh):
-            cache, tok = prepare(data, progress=progress)
+        cache, tok = prepare(data, progress=progress)
     if ddp.world_size > 1:
         dist.barrier()
     if not ddp.main:
@@ -400,15 +398,17 @@ def train(
     device = resolve_device(exp.train.device, ddp.local_rank)
     if exp.data.mixture is not None:
         mixture_sources(exp.data)  # an unknown source is one line before anything is written
+    if exp.train.eval_tasks:
+        parse_tasks(exp.train.eval_tasks)  # so is an unknown task
     fresh = not run.path.exists()
     with run.lock() if ddp.main else contextlib.nullcontext():
         if ddp.main:
             _repair_records(run)
-        cache, tok = _data(exp.data, ddp, progress, run, fresh)
-        exp = resolve_experiment(exp, len(tok))  # before anything is compared or saved
-        with _removed_if_refused(run, fresh):
+        with _removed_if_refused(run, fresh and ddp.main):  # a refusal here leaves no directory
+            cache, tok = _data(exp.data, ddp, progress)
+            exp = resolve_experiment(exp, len(tok))  # before anything is compared or saved
             check_fp8(exp.model, exp.data.seq_len, exp.train.fp8, device)
-        exp, init = _initial(exp)
+            exp, init = _initial(exp)
         changes = run.experiment_changes(exp.to_dict())
         if ddp.main and (replace == "always" or (replace == "if-changed" and changes)):
             if changes:

@@ -193,7 +193,11 @@ def test_sweep_and_results_names_are_one_path_segment(tmp_path):
         with pytest.raises(RunDirError, match="cannot be a directory name"):
             make()
     proc = smol("results", "..", "--runs-dir", "runs", cwd=tmp_path)
-    assert proc.returncode == 2 and "cannot be a directory name" in proc.stderr
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip() == (
+        "error: ablation or ladder name '..' cannot be a directory name: give one path segment "
+        "(no '/', not '.' or '..', not empty, printable, no leading or trailing spaces)"
+    )
 
 
 def test_a_garbage_summary_does_not_stop_the_ablation_or_the_tables(tmp_path):
@@ -625,6 +629,32 @@ def test_a_bad_experiment_file_is_one_line_for_every_command(tmp_path, kind):
         assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
         assert len(proc.stderr.splitlines()) == 1 and not (tmp_path / "PWNED").exists()
         assert not (tmp_path / "runs").exists()
+
+
+def test_a_refused_run_or_a_missing_study_leaves_nothing_behind(tmp_path, corpus):
+    """A run refused before it starts (an unknown task, a block longer than the model's context,
+    a missing init_from) left its run directory holding a .lock; `smol sweep show` of a study
+    that does not exist made runs/sweeps/NAME/study.db."""
+    from smollm.config import SmolError
+    from smollm.experiment import load_experiment
+    from smollm.train import train
+
+    refusals = {
+        "train.eval_tasks=[nosuch]": "unknown eval task 'nosuch'",
+        "data.seq_len=64": "data.seq_len=64 exceeds model.max_seq_len=32",
+        f"train.init_from={tmp_path / 'none'}": "no such file or directory",
+    }
+    for override, message in refusals.items():
+        exp = load_experiment(args(corpus, "train.max_steps=2", override))
+        with pytest.raises(SmolError, match=re.escape(message)):
+            train(exp, tmp_path / "R", progress=False)
+        assert not (tmp_path / "R").exists(), override
+    show = smol("sweep", "show", "nosuch", "--runs-dir", "runs", cwd=tmp_path)
+    assert show.returncode == 2, show.stderr[-2000:]
+    assert show.stderr.strip() == (
+        "error: no study 'nosuch': sqlite:///runs/sweeps/nosuch/study.db does not exist"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
 # ---------------------------------------------------------------------------- Faults II: torn records

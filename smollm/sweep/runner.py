@@ -148,7 +148,7 @@ def run_sweep(
     """Run `workers` worker processes on one storage (worker i on GPU i mod n), here or as one
     SLURM job array; returns the URL."""
     sweep = load_sweep(sweep_path, overrides)  # errors before any process starts
-    url = storage_url(sweep.name, runs_root, storage)
+    url = storage_url(sweep.name, runs_root, storage, create=True)
     open_study(sweep, url)  # create the study once, so workers do not race to create it
     if launcher == "slurm":
         _workers_on_slurm(sweep, sweep_path, overrides, runs_root, url, workers, wait)

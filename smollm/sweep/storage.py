@@ -14,12 +14,14 @@ from smollm.config import SmolError
 from smollm.rundir import SweepDir
 
 
-def storage_url(sweep_name: str, runs_root: Path, storage: str | None) -> str:
-    """The study's storage: `storage` as given (normalised), else runs/sweeps/<name>/study.db."""
+def storage_url(sweep_name: str, runs_root: Path, storage: str | None, create: bool = False) -> str:
+    """The study's storage: `storage` as given (normalised), else runs/sweeps/<name>/study.db,
+    its folder made when `create` (a sweep that runs; one that is only read makes nothing)."""
     if storage:
         return normalise_url(storage)
     path = SweepDir(runs_root, sweep_name).study_db
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if create:
+        path.parent.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{path.resolve()}"
 
 
@@ -37,6 +39,13 @@ def normalise_url(url: str) -> str:
     raise SmolError(
         "a PostgreSQL storage needs a driver: pip install psycopg2-binary (or psycopg[binary])"
     )
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The database file of a `sqlite:///PATH` URL (None for any other storage, or in memory)."""
+    if not url.startswith("sqlite:///") or url in ("sqlite:///", "sqlite:///:memory:"):
+        return None
+    return Path(url.removeprefix("sqlite:///").split("?", 1)[0])
 
 
 def display_url(url: str) -> str:
@@ -177,6 +186,9 @@ def load_study(name: str, url: str):
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    db = sqlite_file(url)
+    if db is not None and not db.is_file():  # SQLite would create an empty database to read
+        raise SmolError(f"no study {name!r}: {display_url(url)} does not exist")
     try:
         return optuna.load_study(study_name=name, storage=make_storage(url))
     except KeyError:
