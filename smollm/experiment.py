@@ -80,6 +80,8 @@ def config_error(e: OmegaConfBaseException) -> ConfigError:
     first = (str(e).splitlines() or [type(e).__name__])[0]
     if type(e).__name__ == "ConfigKeyError" and key:
         return ConfigError(f"unknown config key {key!r}")
+    if "is not a ListConfig" in first:  # a scalar where the schema has a list
+        first = "expected a list, e.g. [a, b]"
     return ConfigError(f"{key}: {first}" if key else first)
 
 
@@ -169,13 +171,24 @@ def merge(base: Any, sources: list[Any]) -> Any:
         for src in sources:
             if isinstance(src, list):  # key=value items change single weights: merged
                 part = OmegaConf.create(nest(dict(parse_override(s) for s in src)))
+                _check_sections(part, "")
                 merged = OmegaConf.merge(merged, part)
                 continue
             part = load_yaml(src) if isinstance(src, (str, Path)) else OmegaConf.create(src)
+            _check_sections(part, f"{src}: " if isinstance(src, (str, Path)) else "")
             merged = OmegaConf.merge(_cleared(merged, part), part)
         return merged
     except OmegaConfBaseException as e:
         raise config_error(e) from None
+
+
+def _check_sections(part: Any, where: str) -> None:
+    """Each section an experiment file sets (model, data, train, tracking) is a mapping: OmegaConf
+    would say "Merge error: int is not a subclass of ModelSection", naming neither."""
+    for section in ("model", "data", "train", "tracking"):
+        value = part.get(section)
+        if value is not None and not isinstance(value, DictConfig):
+            raise ConfigError(f"{where}{section}: expected a mapping of its keys, got {value!r}")
 
 
 # mappings a later file or mapping replaces whole rather than merges into (a variant's mixture is

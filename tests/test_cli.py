@@ -1,6 +1,11 @@
+import re
+from pathlib import Path
+
+import pytest
 from typer.testing import CliRunner
 
 from smollm.cli import app
+from smollm.config import ConfigError
 
 from .conftest import smol
 
@@ -74,3 +79,22 @@ def test_an_override_value_is_never_silently_cut():
 def test_sweep_show_is_a_real_subcommand():
     result = runner.invoke(app, ["sweep", "--help"])
     assert result.exit_code == 0 and "run" in result.output and "show" in result.output
+
+
+@pytest.mark.parametrize(
+    "text,message",
+    [("model: 3\n", "b.yaml: model: expected a mapping of its keys, got 3"),
+     ("train: [1, 2]\n", "b.yaml: train: expected a mapping of its keys, got [1, 2]"),
+     ("train:\n  eval_tasks: 3\n", "train.eval_tasks: expected a list, e.g. [a, b]")],
+)  # fmt: skip
+def test_a_section_of_the_wrong_shape_is_named(tmp_path, monkeypatch, text, message):
+    """OmegaConf said "Merge error: int is not a subclass of ModelSection", naming no key."""
+    from smollm.experiment import load_experiment
+
+    monkeypatch.chdir(tmp_path)
+    Path("b.yaml").write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load_experiment("b.yaml")
+    assert str(e.value) == message
+    with pytest.raises(ConfigError, match=re.escape("data: expected a mapping of its keys, got 3")):
+        load_experiment(["data=3"])
