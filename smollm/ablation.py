@@ -188,13 +188,17 @@ def _variant(spec: Any) -> Variant:
     )
 
 
-def _swept(spec: Any) -> dict[str, Any]:
+def _swept(spec: Any, path: str | Path) -> dict[str, Any]:
     """`from_sweep: {name: NAME, storage: URL?, runs_dir: runs}` -> the study's best parameters."""
     if not spec:
         return {}
     from smollm.sweep import best_params, storage_url
 
     spec = {"name": spec} if isinstance(spec, str) else spec
+    if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+        raise ConfigError(
+            f"{path}: from_sweep: {spec!r}: give a study's name, or {{name, storage?, runs_dir?}}"
+        )
     url = storage_url(spec["name"], Path(spec.get("runs_dir", "runs")), spec.get("storage"))
     return nest(best_params(spec["name"], url))  # typed values, not strings re-parsed
 
@@ -212,14 +216,21 @@ def ablation_from_mapping(
     """An ablation from its file's mapping (`path` names it in errors); `extra`: fields a ladder
     gives its rungs (size, group)."""
     check_mapping(raw, ABLATION_KEYS, f"{path}:", "ablation")
+    if not isinstance(raw.get("base") or {}, dict):
+        raise ConfigError(f"{path}: base: expected a mapping of model, data, train, tracking")
+    if not isinstance(raw.get("reference", True), bool):
+        raise ConfigError(f"{path}: reference={raw['reference']!r}: true or false")
     overrides = list(overrides or [])
     launching = [o for o in overrides if o.startswith("launcher.")]
     base = merge(
         experiment_schema(),
-        [raw.get("base") or {}, _swept(raw.get("from_sweep")),
+        [raw.get("base") or {}, _swept(raw.get("from_sweep"), path),
          [o for o in overrides if o not in launching]],
     )  # fmt: skip
-    variants = tuple(_variant(v) for v in raw.get("variants") or [])
+    listed = raw.get("variants") or []
+    if not isinstance(listed, list):
+        raise ConfigError(f"{path}: variants: a list of preset names or {{name, preset, ...}}")
+    variants = tuple(_variant(v) for v in listed)
     if not variants:
         raise ConfigError(f"{path}: no variants")
     names = [v.name for v in variants]
@@ -243,7 +254,7 @@ def ablation_from_mapping(
     ablation = Ablation(
         name=name, base=base, variants=variants,
         seeds=tuple(seeds), baseline=str(raw.get("baseline") or names[0]),
-        reference=bool(raw.get("reference", True)), description=str(raw.get("description") or ""), raw=raw,
+        reference=raw.get("reference", True), description=str(raw.get("description") or ""), raw=raw,
         source=source, tune=_tune_spec(raw.get("tune"), path),
         launcher=slurm_config(raw.get("launcher"), launching, str(path)), match=match,
         match_multiple=multiple, **extra,

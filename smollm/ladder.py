@@ -101,6 +101,15 @@ def ladder_from_mapping(raw: dict, path: str | Path, overrides: list[str] | None
     `path` names it in errors and is where its workers reload it from."""
     check_mapping(raw, LADDER_KEYS, f"{path}:", "ladder")
     name = path_segment(str(raw.get("name") or Path(path).stem), f"{path}: ladder")
+    if not isinstance(raw.get("base") or {}, dict):
+        raise ConfigError(f"{path}: base: expected a mapping of model, data, train, tracking")
+    if not isinstance(raw.get("variants") or [], list):
+        raise ConfigError(f"{path}: variants: a list of preset names or {{name, preset, ...}}")
+    lr_dim = raw.get("lr_dim")
+    if lr_dim is not None and (
+        isinstance(lr_dim, bool) or not isinstance(lr_dim, (int, float)) or not lr_dim > 0
+    ):
+        raise ConfigError(f"{path}: lr_dim={lr_dim!r}: must be a width > 0")
     rungs = raw.get("rungs")
     if not isinstance(rungs, list) or not rungs:
         raise ConfigError(f"{path}: rungs: a list of {{name, model | params, tokens?}}")

@@ -73,9 +73,9 @@ def slurm_config(section: Any, overrides: list[str], where: str) -> SlurmConfig:
     from smollm.experiment import parse_override
 
     fields = {f.name: f for f in dataclasses.fields(SlurmConfig)}
-    values = dict(section or {})
-    if not isinstance(values, dict):
+    if not isinstance(section or {}, dict):
         raise ConfigError(f"{where}: launcher: expected a mapping of {', '.join(fields)}")
+    values = dict(section or {})
     values.update(parse_override(o.removeprefix("launcher.")) for o in overrides)
     unknown = sorted(set(values) - set(fields))
     if unknown:
@@ -172,6 +172,7 @@ def submit(tasks: list[Task], folder: Path, cfg: SlurmConfig, name: str) -> list
     if not tasks:
         return []
     executor = _executor(folder, cfg, name)
+    before = set(folder.iterdir()) if folder.is_dir() else set()
     with _stderr_captured() as said:  # sbatch writes its refusal to our stderr
         try:
             with executor.batch():  # one sbatch --array for all of them
@@ -181,7 +182,12 @@ def submit(tasks: list[Task], folder: Path, cfg: SlurmConfig, name: str) -> list
         else:
             failed = None
     if failed is not None:
-        lines = [ln for ln in said().splitlines() if "sbatch: error" in ln]
+        for left in set(folder.iterdir()) - before:  # the pickled tasks no job will read
+            if left.is_file():
+                left.unlink()
+        said_lines = said().splitlines()  # its fatal line says most, else its first error
+        lines = [ln for ln in said_lines if "sbatch: fatal" in ln]
+        lines += [ln for ln in said_lines if "sbatch: error" in ln]
         raise SmolError(f"sbatch refused the array: {(lines or [str(failed)])[0].strip()}")
     for task, job in zip(tasks, jobs, strict=True):
         record_job(task.run, job.job_id, job.paths.stdout, job.paths.stderr)

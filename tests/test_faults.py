@@ -657,6 +657,69 @@ def test_a_refused_run_or_a_missing_study_leaves_nothing_behind(tmp_path, corpus
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
+SWEEP_SPACE = "space: {train.lr: {type: float, low: 0.001, high: 0.01}, train.batch_size: {type: categorical, choices: [4, 8]}}\n"
+RUNG = "rungs: [{name: a, model: {dim: 64, n_layers: 2, n_heads: 2, n_kv_heads: 1}}]\ntokens_per_param: 0.01\n"
+BAD_SECTIONS = [  # (kind, file text, the one line expected): each gave a traceback or a silent pass
+    ("ablation", "variants: 3\n", "variants: a list of preset names or {name, preset, ...}"),
+    ("ablation", "variants: [v1]\nlauncher: 3\n", "launcher: expected a mapping of partition"),
+    ("ablation", "variants: [v1]\nbase: 3\n", "base: expected a mapping of model, data, train"),
+    ("ablation", "variants: [v1]\nreference: maybe\n", "reference='maybe': true or false"),
+    ("ablation", "variants: [v1]\nfrom_sweep: {storage: x}\n", "from_sweep: {'storage': 'x'}: give a study's name"),
+    ("ladder", RUNG + "variants: [v1]\nbase: 3\n", "base: expected a mapping of model, data, train"),
+    ("ladder", RUNG + "variants: 3\n", "variants: a list of preset names"),
+    ("ladder", RUNG + "variants: [v1]\nlr_rule: width\nlr_dim: x\n", "lr_dim='x': must be a width > 0"),
+    ("sweep", "space: 3\n", "space: a mapping of dotted keys"),
+    ("sweep", "space: {train.lr: {type: float, low: abc, high: 1}}\n", "space.train.lr: low and high must be numbers"),
+    ("sweep", SWEEP_SPACE + "enqueue: 3\n", "enqueue: a list of points"),
+    ("sweep", SWEEP_SPACE + "enqueue: [{train.lr: abc}]\n", "train.lr='abc' is not in the space (a number in [0.001, 0.01])"),
+    ("sweep", SWEEP_SPACE + "enqueue: [{train.batch_size: 5}]\n", "train.batch_size=5 is not in the space (one of [4, 8])"),
+    ("sweep", SWEEP_SPACE + "sampler: 3\n", "sampler: expected a mapping, e.g. {type: tpe}"),
+    ("sweep", SWEEP_SPACE + "pruner: 3\n", "pruner: expected a mapping, e.g. {type: median}"),
+    ("sweep", SWEEP_SPACE + "sampler: {type: tpe, nosuch: 1}\n", "sampler tpe: unknown key(s) nosuch; valid: n_startup_trials, seed"),
+    ("sweep", SWEEP_SPACE + "sampler: {type: tpe, seed: x}\n", "sampler tpe: seed='x': must be an integer >= 0"),
+    ("sweep", "base: 3\n" + SWEEP_SPACE, "base: expected a mapping of model, data, train"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("kind,text,message", BAD_SECTIONS)
+def test_a_section_of_the_wrong_shape_is_one_line_naming_the_file(tmp_path, kind, text, message):
+    from smollm.ablation import load_ablation
+    from smollm.config import ConfigError
+    from smollm.ladder import load_ladder
+    from smollm.sweep import load_sweep
+
+    load = {"ablation": load_ablation, "ladder": load_ladder, "sweep": load_sweep}[kind]
+    path = tmp_path / "b.yaml"
+    path.write_text("name: x\nbase: {train: {max_steps: 2}}\n" * ("base:" not in text) + text)
+    with pytest.raises(ConfigError) as e:
+        load(path)
+    assert str(e.value).startswith(f"{path}: ") and message in str(e.value), str(e.value)
+    assert "\n" not in str(e.value) and sorted(p.name for p in tmp_path.iterdir()) == ["b.yaml"]
+
+
+def test_a_refused_sbatch_says_its_fatal_line_and_leaves_no_pickles(tmp_path):
+    """sbatch on a machine with no SLURM configured said four lines; the first ("resolve_ctls_
+    from_dns_srv: res_nsearch error") was reported, and the array's pickled tasks stayed behind."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "sbatch"
+    fake.write_text(
+        "#!/bin/sh\n"
+        "echo 'sbatch: error: resolve_ctls_from_dns_srv: res_nsearch error: Unknown host' >&2\n"
+        "echo 'sbatch: error: fetch_config: DNS SRV lookup failed' >&2\n"
+        "echo 'sbatch: fatal: Could not establish a configuration source' >&2\n"
+        "exit 1\n"
+    )
+    fake.chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    proc = smol("run", "ablation", "smoke", "--launcher", "slurm", "--quiet", cwd=tmp_path, env=env)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip() == (
+        "error: sbatch refused the array: sbatch: fatal: Could not establish a configuration source"
+    )
+    assert not [p for p in (tmp_path / "runs").rglob("*") if p.is_file() and "slurm" in p.parts]
+
+
 # ---------------------------------------------------------------------------- Faults II: torn records
 
 

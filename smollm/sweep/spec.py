@@ -71,10 +71,41 @@ class Sweep:
         return to_experiment(merge(self.base, layers))
 
 
+# each sampler's and pruner's keys besides `type`, and the integer ones among them
+SAMPLER_KEYS = {"tpe": {"seed", "n_startup_trials"}, "random": {"seed"}}
+PRUNER_KEYS = {
+    "median": {"n_startup_trials", "n_warmup_steps"},
+    "successive_halving": {"min_resource", "reduction_factor"},
+    "none": set(),
+}
+
+
+def _check_choice(spec: Any, what: str, kinds: dict[str, set[str]], default: str) -> None:
+    """`sampler:` or `pruner:`: a mapping naming a known type, its keys known, each one an
+    integer >= 0 (min_resource may also be 'auto')."""
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{what}: expected a mapping, e.g. {{type: {default}}}")
+    kind = spec.get("type", default)
+    if kind not in kinds:
+        *rest, last = kinds
+        raise ConfigError(f"{what} {kind!r}: choose {', '.join(rest)} or {last}")
+    unknown = sorted(set(spec) - kinds[kind] - {"type"})
+    if unknown:
+        valid = ", ".join(sorted(kinds[kind])) or "none besides type"
+        raise ConfigError(f"{what} {kind}: unknown key(s) {', '.join(unknown)}; valid: {valid}")
+    for key in set(spec) - {"type"}:
+        value = spec[key]
+        if key == "min_resource" and value == "auto":
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ConfigError(f"{what} {kind}: {key}={value!r}: must be an integer >= 0")
+
+
 def make_sampler(spec: dict):
     """The Optuna sampler a sweep file names (`sampler:`)."""
     import optuna
 
+    _check_choice(spec, "sampler", SAMPLER_KEYS, "tpe")
     kind = spec.get("type", "tpe")
     if kind == "tpe":
         return optuna.samplers.TPESampler(
@@ -82,13 +113,14 @@ def make_sampler(spec: dict):
         )
     if kind == "random":
         return optuna.samplers.RandomSampler(seed=spec.get("seed", 0))
-    raise ConfigError(f"sampler {kind!r}: choose tpe or random")
+    raise AssertionError(kind)  # _check_choice refused it
 
 
 def make_pruner(spec: dict):
     """The Optuna pruner a sweep file names (`pruner:`)."""
     import optuna
 
+    _check_choice(spec, "pruner", PRUNER_KEYS, "median")
     kind = spec.get("type", "median")
     if kind == "median":
         return optuna.pruners.MedianPruner(
@@ -102,7 +134,7 @@ def make_pruner(spec: dict):
         )
     if kind == "none":
         return optuna.pruners.NopPruner()
-    raise ConfigError(f"pruner {kind!r}: choose median, successive_halving or none")
+    raise AssertionError(kind)  # _check_choice refused it
 
 
 def _param(key: str, spec: Any) -> Param:
@@ -118,7 +150,12 @@ def _param(key: str, spec: Any) -> Param:
         raise ConfigError(
             f"space.{key}: {spec['type']} needs low and high (and optional log); got {sorted(spec)}"
         )
-    low, high, log = float(spec["low"]), float(spec["high"]), bool(spec.get("log", False))
+    low, high, log = spec["low"], spec["high"], spec.get("log", False)
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high)):
+        raise ConfigError(f"space.{key}: low and high must be numbers, got {low!r} and {high!r}")
+    if not isinstance(log, bool):
+        raise ConfigError(f"space.{key}: log={log!r}: true or false")
+    low, high = float(low), float(high)
     if not low < high or (log and low <= 0):
         raise ConfigError(
             f"space.{key}: need low < high (and low > 0 with log), got low={low}, high={high}"
@@ -151,6 +188,8 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
     overrides = list(overrides or [])
     launching = [o for o in overrides if o.startswith("launcher.")]
     experiment = [o for o in overrides if o not in launching]
+    if not isinstance(raw.get("base") or {}, dict):
+        raise ConfigError(f"{path}: base: expected a mapping of model, data, train, tracking")
     base = merge(experiment_schema(), [raw.get("base") or {}, experiment])
     sweep = sweep_from_mapping(raw, str(raw.get("name") or Path(path).stem), base, str(path))
     return replace(sweep, launcher=slurm_config(raw.get("launcher"), launching, str(path)))
@@ -159,7 +198,14 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
 def sweep_from_mapping(raw: dict[str, Any], name: str, base: Any, where: str) -> Sweep:
     """A validated Sweep from a sweep file's mapping (or an ablation's `tune:`) and a merged base."""
     path_segment(name, f"{where}: sweep")  # its trials and tables are folders of this name
-    space = tuple(_param(k, v) for k, v in (raw.get("space") or {}).items())
+    if not isinstance(raw.get("space") or {}, dict):
+        raise ConfigError(
+            f"{where}: space: a mapping of dotted keys, e.g. train.lr: {{type: float, ...}}"
+        )
+    try:
+        space = tuple(_param(k, v) for k, v in (raw.get("space") or {}).items())
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
     if not space:
         raise ConfigError(f"{where}: empty search space")
     if raw.get("objective", "val_loss") not in OBJECTIVES:
@@ -173,7 +219,12 @@ def sweep_from_mapping(raw: dict[str, Any], name: str, base: Any, where: str) ->
         or len(set(seeds)) != len(seeds)
     ):
         raise ConfigError(f"{where}: seeds must be a list of distinct integers")  # fmt: skip
-    make_sampler(raw.get("sampler") or {}), make_pruner(raw.get("pruner") or {})  # valid names
+    try:
+        make_sampler(raw.get("sampler") or {}), make_pruner(raw.get("pruner") or {})
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    if not isinstance(raw.get("enqueue") or [], list):
+        raise ConfigError(f"{where}: enqueue: a list of points, e.g. [{{train.lr: 0.001}}]")
     sweep = Sweep(
         name=name, base=base, space=space, objective=raw.get("objective", "val_loss"), sampler=raw.get("sampler") or {},
         pruner=raw.get("pruner") or {}, enqueue=tuple(raw.get("enqueue") or ()), description=str(raw.get("description") or ""),
@@ -190,10 +241,30 @@ def sweep_from_mapping(raw: dict[str, Any], name: str, base: Any, where: str) ->
     for p in space:
         for c in p.choices:
             sweep.experiment({**corners, p.key: c}, 0)
-    keys = {p.key for p in space}
+    params = {p.key: p for p in space}
     for point in sweep.enqueue:
-        if not isinstance(point, dict) or not set(point) <= keys:
+        if not isinstance(point, dict) or not set(point) <= set(params):
             raise ConfigError(
-                f"{where}: enqueue entry {point!r}: a mapping of space keys ({', '.join(sorted(keys))})"
+                f"{where}: enqueue entry {point!r}: a mapping of space keys ({', '.join(sorted(params))})"
             )
+        for key, value in point.items():
+            if not _in_space(params[key], value):
+                raise ConfigError(f"{where}: enqueue entry {point!r}: {key}={value!r} is not "
+                                  f"in the space ({_describe(params[key])})")  # fmt: skip
+        sweep.experiment({**corners, **point}, 0)  # an enqueued point is a valid experiment too
     return sweep
+
+
+def _in_space(p: Param, value: Any) -> bool:
+    """Whether `value` is a point of the parameter's range or one of its choices."""
+    if p.kind == "categorical":
+        return value in p.choices
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    whole = p.kind != "int" or (number and value == int(value))
+    return number and whole and p.low <= value <= p.high
+
+
+def _describe(p: Param) -> str:
+    if p.kind == "categorical":
+        return f"one of {list(p.choices)}"
+    return f"{'an integer' if p.kind == 'int' else 'a number'} in [{p.low:g}, {p.high:g}]"
