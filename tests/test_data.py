@@ -1,4 +1,5 @@
 import json
+import re
 
 import numpy as np
 import pytest
@@ -132,6 +133,10 @@ def test_corrupt_and_truncated_shards_are_reported(jsonl):
         ("latin1", "not UTF-8"),
         ("unknown", "unknown corpus"),
         ("suffix", "unsupported file type"),
+        (
+            "badjson",
+            "c.jsonl: cannot read it (ArrowInvalid: JSON parse error: Invalid value. in row 1)",
+        ),
     ],
 )
 def test_bad_corpora_error_clearly(tmp_path, setup, match):
@@ -151,7 +156,9 @@ def test_bad_corpora_error_clearly(tmp_path, setup, match):
     elif setup == "suffix":
         path = tmp_path / "c.csv"
         path.write_text("a,b\n")
-    with pytest.raises((CorpusError, CacheError), match=match):
+    elif setup == "badjson":  # was pyarrow's traceback, raised while the rows streamed
+        path.write_text('{"text": "a fine first row"}\nnot json\n')
+    with pytest.raises((CorpusError, CacheError), match=re.escape(match)):
         prepare(cfg(path), progress=False)
 
 

@@ -265,20 +265,38 @@ def _dataset_rows(
         raise CorpusError(
             f"{where}: cannot read as a dataset ({type(e).__name__}: {(str(e) or '-').splitlines()[0][:200]})"
         ) from None
+    where = data_files[0] if data_files else path
     columns = ds.column_names or []
     if columns and text_field not in columns:
-        where = data_files[0] if data_files else path
         raise CorpusError(
             f"{where}: no text field {text_field!r} (columns: {', '.join(columns)}); set data.text_field"
         )
-    for row in ds:
+    rows = iter(ds)
+    while True:
+        try:
+            row = next(rows)
+        except StopIteration:
+            return
+        except Exception as e:  # a row that does not parse (pyarrow, datasets), an I/O error
+            if not _unreadable(e):
+                raise
+            raise CorpusError(
+                f"{where}: cannot read it ({type(e).__name__}: {(str(e) or '-').splitlines()[0][:200]})"
+            ) from None
         if text_field not in row:
             raise CorpusError(
-                f"{path}: a row lacks the text field {text_field!r}; set data.text_field"
+                f"{where}: a row lacks the text field {text_field!r}; set data.text_field"
             )
         text = row[text_field]
         if isinstance(text, str) and text:
             yield text
+
+
+def _unreadable(e: Exception) -> bool:
+    """Whether `e` says the data cannot be read (not a bug of ours): raised by pyarrow or
+    datasets, a decoding error or an I/O error."""
+    module = type(e).__module__ or ""
+    return module.startswith(("pyarrow", "datasets")) or isinstance(e, (ValueError, OSError))
 
 
 def is_validation(text: str, val_fraction: float) -> bool:
