@@ -45,7 +45,8 @@ def inspect(
         str, typer.Argument(help=f"One of: {', '.join([*BASES, *SWITCHES, *PRESET_ALIASES])}")
     ],
     overrides: Annotated[
-        list[str] | None, typer.Argument(help="ModelConfig overrides, e.g. dim=128 n_layers=4")
+        list[str] | None,
+        typer.Argument(help="ModelConfig overrides, e.g. dim=128 n_layers=4 (or model.dim=128)"),
     ] = None,
     seq_len: Annotated[
         int, typer.Option(min=1, help="Sequence length for the attention FLOPs")
@@ -58,7 +59,8 @@ def inspect(
     from smollm.experiment import parse_override
     from smollm.model import SmolLM
 
-    cfg = ModelConfig.from_preset(preset, **dict(parse_override(o) for o in overrides or []))
+    pairs = [parse_override(o) for o in overrides or []]  # `model.dim=` as smol train takes it
+    cfg = ModelConfig.from_preset(preset, **{k.removeprefix("model."): v for k, v in pairs})
     with torch.device("meta"):  # shapes only: nothing is allocated
         model = SmolLM(cfg)
     typer.echo("\n".join(_module_tree(model)))

@@ -26,6 +26,11 @@ def test_inspect_shrunk_preset():
     )
     assert result.exit_code == 0, result.output
     assert "0..3 (DecoderLayer)" in result.output and "LayerNorm" in result.output
+    # the keys as smol train takes them (model.dim=...) were "unknown ModelConfig field(s)"
+    dotted = runner.invoke(
+        app, ["inspect", "v1", "model.dim=128", "model.n_layers=4", "n_heads=4", "n_kv_heads=4"]
+    )
+    assert dotted.exit_code == 0 and dotted.output == result.output, dotted.output
 
 
 def test_unknown_preset_is_one_line_and_exit_2():
