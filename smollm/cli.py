@@ -116,9 +116,13 @@ def generate(
     from smollm.hf import load_for_generation
     from smollm.tokenizer import decode_stream, stop_ids
 
+    if not prompt:
+        raise SmolError("PROMPT is empty: give some text to continue")
     lm, tok, _ = load_for_generation(model, device, dtype)
     dev = next(lm.parameters()).device
     ids = tok(prompt, return_tensors="pt").input_ids.to(dev)
+    if ids.shape[1] == 0:
+        raise SmolError(f"PROMPT {prompt!r} is no tokens: give some text to continue")
     sys.stdout.write(prompt)
     gen = torch.Generator(dev).manual_seed(seed)
     start, n = time.perf_counter(), 0

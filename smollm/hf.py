@@ -66,13 +66,28 @@ def to_llama_config(cfg: ModelConfig) -> dict[str, Any]:
     }
 
 
-def from_llama_config(hf: dict[str, Any]) -> ModelConfig:
-    """Our config from an HF Llama `config.json` (or ours, if it carries `smollm_config`)."""
+LLAMA_SHAPE = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")  # fmt: skip
+
+
+def from_llama_config(hf: dict[str, Any], where: str = "config.json") -> ModelConfig:
+    """Our config from an HF Llama `config.json` (or ours, if it carries `smollm_config`);
+    `where` names the file in errors."""
+    if not isinstance(hf, dict):
+        raise WeightsError(f"{where}: expected a JSON object, got {type(hf).__name__}")
     if "smollm_config" in hf:
         return ModelConfig.from_dict(hf["smollm_config"])
     if hf.get("model_type") not in ("llama", None):
         raise WeightsError(f"model_type {hf.get('model_type')!r} is not a Llama model")
+    missing = [k for k in LLAMA_SHAPE if k not in hf]
+    if missing:
+        raise WeightsError(f"{where}: no {', '.join(missing)}: not a Llama config")
+    bad = [k for k in LLAMA_SHAPE if isinstance(hf[k], bool) or not isinstance(hf[k], int)]
+    if bad or hf["num_attention_heads"] < 1:
+        k = bad[0] if bad else "num_attention_heads"
+        raise WeightsError(f"{where}: {k}={hf[k]!r}: expected a positive integer")
     rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+    if not isinstance(rope, dict):
+        raise WeightsError(f"{where}: rope_parameters/rope_scaling: expected an object")
     if rope.get("rope_type", rope.get("type", "default")) != "default":
         raise WeightsError(f"rope scaling {rope.get('rope_type')!r} is not supported")
     if hf.get("hidden_act", "silu") != "silu":
@@ -80,6 +95,12 @@ def from_llama_config(hf: dict[str, Any]) -> ModelConfig:
     n_heads = hf["num_attention_heads"]
     if hf.get("head_dim") not in (None, hf["hidden_size"] // n_heads):
         raise WeightsError("head_dim != hidden_size / num_attention_heads is not supported")
+    numbers = {"rope_theta": rope.get("rope_theta", hf.get("rope_theta", 10000.0)),
+               "rms_norm_eps": hf.get("rms_norm_eps", 1e-5),
+               "initializer_range": hf.get("initializer_range", 0.02)}  # fmt: skip
+    for key, value in numbers.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise WeightsError(f"{where}: {key}={value!r}: expected a number")
     return ModelConfig(
         vocab_size=hf["vocab_size"],
         dim=hf["hidden_size"],
@@ -90,9 +111,9 @@ def from_llama_config(hf: dict[str, Any]) -> ModelConfig:
         max_seq_len=hf.get("max_position_embeddings", 2048),
         bias=bool(hf.get("attention_bias", False)),
         tie_embeddings=bool(hf.get("tie_word_embeddings", True)),
-        rope_theta=float(rope.get("rope_theta", hf.get("rope_theta", 10000.0))),
-        norm_eps=float(hf.get("rms_norm_eps", 1e-5)),
-        init_std=float(hf.get("initializer_range", 0.02)),
+        rope_theta=float(numbers["rope_theta"]),
+        norm_eps=float(numbers["rms_norm_eps"]),
+        init_std=float(numbers["initializer_range"]),
     )
 
 
@@ -195,7 +216,9 @@ def _read_hf_dir(path: Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
     from safetensors.torch import load_file
 
     config = path / "config.json"
-    cfg = from_llama_config(_unreadable(config, lambda: json.loads(config.read_text())))
+    cfg = from_llama_config(
+        _unreadable(config, lambda: json.loads(config.read_text())), str(config)
+    )
     files = sorted(path.glob("*.safetensors"))
     if files:
         state = {}

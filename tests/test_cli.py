@@ -49,6 +49,14 @@ def test_bad_shape_and_bad_option_value():
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
 
 
+def test_an_empty_prompt_is_one_line():
+    """`smol generate ""` was a reshape RuntimeError from the attention."""
+    proc = smol("generate", "")
+    assert proc.returncode == 2 and proc.stderr.strip() == (
+        "error: PROMPT is empty: give some text to continue"
+    ), proc.stderr[-2000:]
+
+
 def test_generate_streams_from_packaged_weights():
     proc = smol("generate", "Once upon a time", "--max-new-tokens", "12", "--temperature", "0")
     assert proc.returncode == 0, proc.stderr

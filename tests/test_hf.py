@@ -86,6 +86,27 @@ def test_llama_config_conversion_is_inverse(tiny):
     assert from_llama_config(hf) == tiny
 
 
+@pytest.mark.parametrize(
+    "change,message",
+    [({"num_attention_heads": None}, "c.json: no num_attention_heads: not a Llama config"),
+     ({"hidden_size": "64"}, "c.json: hidden_size='64': expected a positive integer"),
+     ({"num_attention_heads": 0}, "c.json: num_attention_heads=0: expected a positive integer"),
+     ({"rms_norm_eps": "x"}, "c.json: rms_norm_eps='x': expected a number"),
+     ({"rope_parameters": 3}, "c.json: rope_parameters/rope_scaling: expected an object")],
+)  # fmt: skip
+def test_a_llama_config_of_the_wrong_shape_is_one_line(tiny, change, message):
+    """A config.json without num_attention_heads was a KeyError traceback."""
+    hf = to_llama_config(tiny)
+    del hf["smollm_config"]
+    hf.update(change)
+    hf = {k: v for k, v in hf.items() if v is not None}
+    with pytest.raises(WeightsError) as e:
+        from_llama_config(hf, "c.json")
+    assert str(e.value) == message
+    with pytest.raises(WeightsError, match="c.json: expected a JSON object, got list"):
+        from_llama_config([1], "c.json")
+
+
 def test_unpermute_inverts_llama_cpp_permute():
     w = np.arange(8 * 16 * 3, dtype=np.float32).reshape(8 * 16, 3)
     n_heads = 8
