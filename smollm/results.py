@@ -588,7 +588,8 @@ def write_sweep_results(name: str, url: str, out_root: Path) -> Path:
     complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
     lines = [f"# Sweep `{name}`", "", _sweep_provenance(study, url, name), ""]
     counts = {s.name: sum(t.state == s for t in study.trials) for s in TrialState}
-    lines.append("Trials: " + ", ".join(f"{v} {k.lower()}" for k, v in counts.items() if v) + ".")
+    said = ", ".join(f"{v} {k.lower()}" for k, v in counts.items() if v)
+    lines.append(f"Trials: {said}." if said else f"Trials: none yet (`smol sweep run {name}`).")
     if complete:
         best = study.best_trial
         lines += ["", f"**Best** (trial {best.number}, objective {best.value:.4f}): "
@@ -597,15 +598,13 @@ def write_sweep_results(name: str, url: str, out_root: Path) -> Path:
         importances = optuna.importance.get_param_importances(study)
         lines += ["", "| parameter | importance (fANOVA) |", "|---|---:|",
                   *[f"| {k} | {v:.3f} |" for k, v in importances.items()]]  # fmt: skip
-    lines += ["", "| trial | state | objective | " + " | ".join(keys) + " |",
-              "|---|---|---:|" + "---:|" * len(keys)]  # fmt: skip
+    if rows:
+        lines += ["", "| " + " | ".join(["trial", "state", "objective", *keys]) + " |",
+                  "|---|---|---:|" + "---:|" * len(keys)]  # fmt: skip
     for r in rows:
         value = f"{r['value']:.4f}" if r["value"] is not None else "—"
-        lines.append(
-            f"| {r['trial']} | {r['state'].lower()} | {value} | "
-            + " | ".join(str(r[k]) for k in keys)
-            + " |"
-        )
+        cells = [str(r["trial"]), r["state"].lower(), value, *(str(r[k]) for k in keys)]
+        lines.append("| " + " | ".join(cells) + " |")
     if complete:
         lines += [
             line

@@ -326,3 +326,22 @@ def test_a_trial_orphaned_near_the_end_of_a_study_is_retried(tmp_path):
         (tmp_path / "runs" / "sweeps" / "smoke" / "trial-0000" / "summary.json").read_text()
     )
     assert summary["status"] in ("finished", "pruned")
+
+
+def test_a_study_without_trials_or_params_writes_a_well_formed_summary(tmp_path):
+    """An empty study's summary said "Trials: ." above a table whose header had a column more
+    than its alignment row."""
+    import optuna
+
+    from smollm.results import write_sweep_results
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    optuna.create_study(study_name="empty", storage=url)
+    bare = optuna.create_study(study_name="bare", storage=url)
+    bare.tell(bare.ask(), 1.5)  # a trial with no parameters
+    empty = (write_sweep_results("empty", url, tmp_path / "results") / "summary.md").read_text()
+    assert "Trials: none yet (`smol sweep run empty`)." in empty and "| trial |" not in empty
+    lines = (write_sweep_results("bare", url, tmp_path / "results") / "summary.md").read_text()
+    table = [line for line in lines.splitlines() if line.startswith("|")]
+    assert table == ["| trial | state | objective |", "|---|---|---:|", "| 0 | complete | 1.5000 |"]
