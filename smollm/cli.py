@@ -410,10 +410,22 @@ def run_ablation_cmd(
 
     _check_launcher(launcher)
     ablation = load_ablation(config_file("ablation", config), overrides or [])
+    _check_results_dir(results_dir, ablation.name)
     outcomes = run_ablation(ablation, Path(runs_dir), progress=not quiet, workers=workers,
                             launcher=launcher, wait=wait)  # fmt: skip
     _report(outcomes, ablation.name, launcher == "slurm" and not wait,
             lambda: build_results(ablation.name, Path(runs_dir), Path(results_dir)))  # fmt: skip
+
+
+def _check_results_dir(results_dir: str, name: str) -> None:
+    """The tables' folder can be made (nothing on its path is a file), checked before the runs
+    train rather than after them."""
+    target = Path(results_dir) / name
+    for p in [target, *target.parents]:
+        if p.exists():
+            if not p.is_dir():
+                raise SmolError(f"--results-dir {results_dir}: {p} is a file, not a directory")
+            return
 
 
 def _check_launcher(launcher: str) -> None:
@@ -483,6 +495,7 @@ def run_ladder_cmd(
 
     _check_launcher(launcher)
     ladder = load_ladder(config_file("ladder", config), overrides or [])
+    _check_results_dir(results_dir, ladder.name)
     outcomes = run_ladder(ladder, Path(runs_dir), progress=not quiet, workers=workers,
                           launcher=launcher, wait=wait)  # fmt: skip
     _report(outcomes, ladder.name, launcher == "slurm" and not wait, build)
@@ -581,6 +594,7 @@ def sweep_run(
         raise SmolError(f"--launcher {launcher!r}: choose {' or '.join(LAUNCHERS)}")
     path = str(config_file("sweep", config))
     name = sw.load_sweep(path, overrides or []).name
+    _check_results_dir(results_dir, f"sweeps/{name}")
     url = sw.run_sweep(path, overrides or [], Path(runs_dir), storage, workers, launcher, wait)
     if launcher == "slurm" and not wait:
         typer.echo(f"submitted; `smol sweep show {name}` writes the tables once they finish")

@@ -720,6 +720,20 @@ def test_a_refused_sbatch_says_its_fatal_line_and_leaves_no_pickles(tmp_path):
     assert not [p for p in (tmp_path / "runs").rglob("*") if p.is_file() and "slurm" in p.parts]
 
 
+def test_a_results_dir_that_is_a_file_is_refused_before_anything_trains(tmp_path):
+    """`smol run ablation --results-dir FILE` trained every run, then failed writing the tables."""
+    (tmp_path / "F").write_text("x")
+    for command in (
+        ["run", "ablation", "smoke"],
+        ["run", "ladder", "ladder"],
+        ["sweep", "run", "smoke"],
+    ):
+        proc = smol(*command, "--results-dir", "F/sub", cwd=tmp_path)
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        assert proc.stderr.strip() == "error: --results-dir F/sub: F is a file, not a directory"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["F"]  # nothing trained
+
+
 # ---------------------------------------------------------------------------- Faults II: torn records
 
 
