@@ -210,14 +210,21 @@ def load_ablation(path: str | Path, overrides: list[str] | None = None) -> Ablat
     return ablation_from_mapping(raw, path, overrides, Source(str(path), tuple(overrides or ())))
 
 
+def check_shapes(raw: dict[str, Any], path: str | Path) -> None:
+    """An ablation's (or a ladder's) `base:` is a mapping and its `variants:` a list."""
+    if not isinstance(raw.get("base") or {}, dict):
+        raise ConfigError(f"{path}: base: expected a mapping of model, data, train, tracking")
+    if not isinstance(raw.get("variants") or [], list):
+        raise ConfigError(f"{path}: variants: a list of preset names or {{name, preset, ...}}")
+
+
 def ablation_from_mapping(
     raw: dict[str, Any], path: str | Path, overrides: list[str] | None, source: Source, **extra
 ) -> Ablation:
     """An ablation from its file's mapping (`path` names it in errors); `extra`: fields a ladder
     gives its rungs (size, group)."""
     check_mapping(raw, ABLATION_KEYS, f"{path}:", "ablation")
-    if not isinstance(raw.get("base") or {}, dict):
-        raise ConfigError(f"{path}: base: expected a mapping of model, data, train, tracking")
+    check_shapes(raw, path)
     if not isinstance(raw.get("reference", True), bool):
         raise ConfigError(f"{path}: reference={raw['reference']!r}: true or false")
     overrides = list(overrides or [])
@@ -227,10 +234,7 @@ def ablation_from_mapping(
         [raw.get("base") or {}, _swept(raw.get("from_sweep"), path),
          [o for o in overrides if o not in launching]],
     )  # fmt: skip
-    listed = raw.get("variants") or []
-    if not isinstance(listed, list):
-        raise ConfigError(f"{path}: variants: a list of preset names or {{name, preset, ...}}")
-    variants = tuple(_variant(v) for v in listed)
+    variants = tuple(_variant(v) for v in raw.get("variants") or [])
     if not variants:
         raise ConfigError(f"{path}: no variants")
     names = [v.name for v in variants]

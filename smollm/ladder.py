@@ -36,6 +36,7 @@ from smollm.ablation import (
     Ablation,
     Source,
     ablation_from_mapping,
+    check_shapes,
     run_ablation,
 )
 from smollm.config import ConfigError, ModelConfig, param_count, with_count
@@ -101,10 +102,7 @@ def ladder_from_mapping(raw: dict, path: str | Path, overrides: list[str] | None
     `path` names it in errors and is where its workers reload it from."""
     check_mapping(raw, LADDER_KEYS, f"{path}:", "ladder")
     name = path_segment(str(raw.get("name") or Path(path).stem), f"{path}: ladder")
-    if not isinstance(raw.get("base") or {}, dict):
-        raise ConfigError(f"{path}: base: expected a mapping of model, data, train, tracking")
-    if not isinstance(raw.get("variants") or [], list):
-        raise ConfigError(f"{path}: variants: a list of preset names or {{name, preset, ...}}")
+    check_shapes(raw, path)
     lr_dim = raw.get("lr_dim")
     if lr_dim is not None and (
         isinstance(lr_dim, bool) or not isinstance(lr_dim, (int, float)) or not lr_dim > 0
