@@ -55,6 +55,7 @@ from smollm.rundir import (
     run_name,
     write_json,
 )
+from smollm.tracking import wandb_mode
 
 ABLATION_KEYS = {"name", "base", "variants", "seeds", "baseline", "reference", "description", "from_sweep", "tune", "launcher", "match", "match_multiple"}  # fmt: skip
 TUNE_KEYS = {"space", "n_trials", "seeds", "objective", "sampler", "pruner", "overrides", "timeout",
@@ -394,6 +395,8 @@ def run_ablation(
     With `workers` > 1 the runs go to that many processes, worker i on GPU i mod n; with
     `launcher="slurm"` they go out as one SLURM job array (`wait`: until it is done).
     """
+    for variant in ablation.variants:  # tracking.mode=online without a key: before anything runs
+        wandb_mode(ablation.experiment(variant, ablation.seeds[0]).tracking.mode)
     root = AblationDir(runs_root, ablation.name)
     root.path.mkdir(parents=True, exist_ok=True)
     write_json(root.spec, ablation.raw)

@@ -12,21 +12,32 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from smollm.config import TrackingConfig
+from smollm.config import SmolError, TrackingConfig
 from smollm.rundir import JSONL, AblationDir, RunDir, truncate_jsonl
 
 
 def wandb_mode(requested: str) -> str:
-    """auto -> online when an API key is configured, else offline (nothing waits on a network)."""
+    """auto -> online when an API key is configured, else offline (nothing waits on a network);
+    online without a key is one line here, before anything runs (wandb's UsageError in mid-run)."""
     if os.environ.get("WANDB_MODE") in ("disabled", "offline") and requested == "auto":
         return os.environ["WANDB_MODE"]
+    if requested == "online" and not _has_key():
+        raise SmolError(
+            "tracking.mode=online: no W&B API key (set WANDB_API_KEY or run `wandb login`); "
+            "tracking.mode=auto logs online when a key is set and offline otherwise"
+        )
     if requested != "auto":
         return requested
-    has_key = bool(os.environ.get("WANDB_API_KEY"))
+    return "online" if _has_key() else "offline"
+
+
+def _has_key() -> bool:
+    """A W&B API key in the environment, or in ~/.netrc for the W&B server (WANDB_BASE_URL's)."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").split("://")[-1].split("/")[0]
     netrc = Path.home() / ".netrc"
-    if not has_key and netrc.is_file():
-        has_key = "api.wandb.ai" in netrc.read_text(errors="ignore")
-    return "online" if has_key else "offline"
+    return netrc.is_file() and host.split(":")[0] in netrc.read_text(errors="ignore")
 
 
 def _wandb_id(run: RunDir) -> str:

@@ -75,7 +75,7 @@ from smollm.runtime import (
     resolve_device,
     to_device,
 )
-from smollm.tracking import Tracker
+from smollm.tracking import Tracker, wandb_mode
 
 SAMPLE_PROMPTS = ("Once upon a time", "The United States", "In the beginning")
 
@@ -400,6 +400,7 @@ def train(
         mixture_sources(exp.data)  # an unknown source is one line before anything is written
     if exp.train.eval_tasks:
         parse_tasks(exp.train.eval_tasks)  # so is an unknown task
+    wandb_mode(exp.tracking.mode)  # and tracking.mode=online without a W&B key
     fresh = not run.path.exists()
     with run.lock() if ddp.main else contextlib.nullcontext():
         if ddp.main:

@@ -2,9 +2,12 @@
 
 import csv
 import json
+import os
 import struct
 import time
 from pathlib import Path
+
+import pytest
 
 from .conftest import smol
 
@@ -152,3 +155,28 @@ def test_a_ladders_runs_are_one_group_with_size_variant_and_seed(tmp_path):
     assert table["columns"] == header and len(table["data"]) == len(rows) == 6
     assert {"scaling", "multiplier"} <= set(summary["summary"])
     assert "v1/slope" in summary["summary"] and "full/slope" not in summary["summary"]
+
+
+def test_online_without_a_key_is_one_line_before_anything_runs(tmp_path, monkeypatch):
+    """tracking.mode=online with no W&B key was wandb's UsageError traceback, once the run
+    directory existed (and in every run of an ablation)."""
+    from smollm.config import SmolError
+    from smollm.tracking import wandb_mode
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    with pytest.raises(SmolError, match="tracking.mode=online: no W&B API key"):
+        wandb_mode("online")
+    assert wandb_mode("auto") == "offline"
+    (tmp_path / ".netrc").write_text("machine api.wandb.ai\n  login user\n  password k\n")
+    assert wandb_mode("online") == "online" and wandb_mode("auto") == "online"
+    (tmp_path / ".netrc").unlink()
+    monkeypatch.setenv("WANDB_API_KEY", "k")
+    assert wandb_mode("online") == "online"
+    proc = smol("train", "--run-dir", "R", "tracking.mode=online", "train.max_steps=1",
+                cwd=tmp_path, env={**env, "HOME": str(tmp_path)})  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.startswith("error: tracking.mode=online: no W&B API key")
+    assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "R").exists()

@@ -14,6 +14,7 @@ from smollm.config import Preempted, SmolError
 from smollm.rundir import SweepDir
 from smollm.sweep.spec import Param, Sweep, load_sweep, make_pruner, make_sampler
 from smollm.sweep.storage import make_storage, reap_orphans, retry_callback, storage_url
+from smollm.tracking import wandb_mode
 
 
 def open_study(sweep: Sweep, url: str):
@@ -148,6 +149,7 @@ def run_sweep(
     """Run `workers` worker processes on one storage (worker i on GPU i mod n), here or as one
     SLURM job array; returns the URL."""
     sweep = load_sweep(sweep_path, overrides)  # errors before any process starts
+    wandb_mode(sweep.experiment({}, 0).tracking.mode)  # online without a W&B key, too
     url = storage_url(sweep.name, runs_root, storage, create=True)
     open_study(sweep, url)  # create the study once, so workers do not race to create it
     if launcher == "slurm":
