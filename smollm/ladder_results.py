@@ -452,7 +452,7 @@ def write_ladder_markdown(root: LadderDir, spec: dict, rows, fits, meta: dict, p
         ]
     else:
         lines += ["Fits need at least 3 rungs where every variant has 2 seeds finished; "
-                  f"{len(meta['fitted'])} rungs qualify so far.", ""]  # fmt: skip
+                  f"{_rungs_qualify(len(meta['fitted']))} so far.", ""]  # fmt: skip
     path.write_text("\n".join(lines))
 
 
@@ -479,3 +479,7 @@ def _publish(root: LadderDir, runs, fits: list[dict], out: Path) -> None:
                 if isinstance(f.get(k), float) and math.isfinite(f[k])}  # fmt: skip
     images = {"scaling": out / "scaling.png", "multiplier": out / "multiplier.png"}
     publish_ablation(root, tracking, read_csv_typed(out / "summary.csv"), images, headline)
+
+
+def _rungs_qualify(n: int) -> str:
+    return "1 rung qualifies" if n == 1 else f"{n} rungs qualify"
