@@ -179,13 +179,14 @@ def _variant(spec: Any) -> Variant:
         and ("preset" in spec or "name" in spec)
     )
     sections = {k: spec[k] for k in ("model", "data", "train") if k in spec} if ok else {}
-    if ok and all(isinstance(v, dict) for v in sections.values()):
+    listed = ok and isinstance(spec.get("overrides") or [], list)
+    if listed and all(isinstance(v, dict) for v in sections.values()):
         name = str(spec.get("name", spec.get("preset")))
         return Variant(name, str(spec.get("preset") or ""), tuple(spec.get("overrides") or ()),
                        json.dumps(sections, sort_keys=True))  # fmt: skip
     raise ConfigError(
         f"variant {spec!r}: give a preset name or {{name, preset, model, data, train, overrides}} "
-        "(a preset or a name; sections are mappings)"
+        "(a preset or a name; sections are mappings, overrides a list of key=value)"
     )
 
 

@@ -91,6 +91,8 @@ def parse_override(item: str) -> tuple[str, Any]:
     literal string, so `data.corpus=/data/c #1` means that path; a braced `{a: 1}` is a mapping."""
     import yaml
 
+    if not isinstance(item, str):
+        raise ConfigError(f"override {item!r} is not of the form key=value")
     key, sep, raw = item.partition("=")
     key = key.strip()
     if not sep or not key:

@@ -734,6 +734,24 @@ def test_a_results_dir_that_is_a_file_is_refused_before_anything_trains(tmp_path
     assert sorted(p.name for p in tmp_path.iterdir()) == ["F"]  # nothing trained
 
 
+def test_an_override_that_is_not_text_is_one_line(tmp_path):
+    """`overrides: [3]` in a variant or a tune section was AttributeError: 'int' object has no
+    attribute 'partition'; a variant's `overrides: 3` was a TypeError."""
+    from smollm.ablation import load_ablation
+    from smollm.config import ConfigError
+
+    space = "space: {train.lr: {type: float, low: 0.001, high: 0.01}}"
+    cases = {
+        "variants: [v1]\ntune: {" + space + ", overrides: [3]}": "override 3 is not of the form key=value",
+        "variants: [{name: a, overrides: [3]}]": "override 3 is not of the form key=value",
+        "variants: [{name: a, overrides: 3}]": "overrides a list of key=value",
+    }  # fmt: skip
+    for text, message in cases.items():
+        (tmp_path / "b.yaml").write_text("name: x\nbase: {train: {max_steps: 2}}\n" + text + "\n")
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            load_ablation(tmp_path / "b.yaml")
+
+
 # ---------------------------------------------------------------------------- Faults II: torn records
 
 
