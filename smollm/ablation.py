@@ -37,6 +37,7 @@ from smollm.config import (
     matched,
 )
 from smollm.experiment import (
+    base_section,
     check_mapping,
     experiment_schema,
     merge,
@@ -214,8 +215,7 @@ def load_ablation(path: str | Path, overrides: list[str] | None = None) -> Ablat
 
 def check_shapes(raw: dict[str, Any], path: str | Path) -> None:
     """An ablation's (or a ladder's) `base:` is a mapping and its `variants:` a list."""
-    if not isinstance(raw.get("base") or {}, dict):
-        raise ConfigError(f"{path}: base: expected a mapping of model, data, train, tracking")
+    base_section(raw, path)
     if not isinstance(raw.get("variants") or [], list):
         raise ConfigError(f"{path}: variants: a list of preset names or {{name, preset, ...}}")
 

@@ -239,6 +239,15 @@ def read_mapping(path: str | Path, kind: str, valid: set[str]) -> dict[str, Any]
     return check_mapping(raw, valid, f"{path}:", kind)
 
 
+def base_section(raw: dict[str, Any], where: str | Path) -> dict[str, Any]:
+    """The `base:` experiment of an ablation, ladder or sweep file ({} when absent), checked to
+    be a mapping."""
+    base = raw.get("base") or {}
+    if not isinstance(base, dict):
+        raise ConfigError(f"{where}: base: expected a mapping of model, data, train, tracking")
+    return base
+
+
 def check_mapping(raw: Any, valid: set[str], where: str, kind: str) -> dict[str, Any]:
     """`raw` itself, if it is a mapping whose keys are all in `valid`; else one line naming them."""
     if not isinstance(raw, dict):
@@ -256,4 +265,12 @@ def load_experiment(*sources: Any) -> ExperimentConfig:
     return to_experiment(merge(experiment_schema(), [s for s in sources if s is not None]))
 
 
-__all__ = ["load_experiment", "merge", "nest", "parse_override", "read_mapping", "to_experiment"]
+__all__ = [
+    "base_section",
+    "load_experiment",
+    "merge",
+    "nest",
+    "parse_override",
+    "read_mapping",
+    "to_experiment",
+]

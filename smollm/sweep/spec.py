@@ -20,7 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from smollm.config import ConfigError, ExperimentConfig
-from smollm.experiment import experiment_schema, merge, nest, read_mapping, to_experiment
+from smollm.experiment import (
+    base_section,
+    experiment_schema,
+    merge,
+    nest,
+    read_mapping,
+    to_experiment,
+)
 from smollm.launch import SlurmConfig, slurm_config
 from smollm.rundir import path_segment
 
@@ -188,9 +195,7 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
     overrides = list(overrides or [])
     launching = [o for o in overrides if o.startswith("launcher.")]
     experiment = [o for o in overrides if o not in launching]
-    if not isinstance(raw.get("base") or {}, dict):
-        raise ConfigError(f"{path}: base: expected a mapping of model, data, train, tracking")
-    base = merge(experiment_schema(), [raw.get("base") or {}, experiment])
+    base = merge(experiment_schema(), [base_section(raw, path), experiment])
     sweep = sweep_from_mapping(raw, str(raw.get("name") or Path(path).stem), base, str(path))
     return replace(sweep, launcher=slurm_config(raw.get("launcher"), launching, str(path)))
 
