@@ -303,10 +303,12 @@ def tune(
     variant -> {params, value, trials, study}, also written to runs/<ablation>/tuned.json."""
     from optuna.trial import TrialState
 
-    from smollm.sweep import load_study, optimize
+    from smollm.sweep import load_study, open_study, optimize
 
     url = _tune_url(root)
     root.tune.mkdir(parents=True, exist_ok=True)
+    for variant in ablation.variants:  # every study made here, once: searches started together
+        open_study(ablation.tune_sweep(variant), url)  # would race to create Optuna's tables
     if launcher == "slurm":
         _tune_on_slurm(ablation, root, progress)
     out = {}
